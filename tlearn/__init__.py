@@ -1,0 +1,30 @@
+"""tlearn: transfer learning for folders of photos, one sub-folder per class.
+
+    import tlearn
+    run = tlearn.fit("weather", weights="vgg16.weights.h5", preprocess="torch")
+    tlearn.finetune(run.run_dir, unfreeze=4)
+    for p in tlearn.predict(["photo.jpg"], model=run.run_dir):
+        print(p.path, p.label, p.probability)
+
+TensorFlow loads on first use of a training or prediction function, not on import, so the
+command line answers --help at once.
+"""
+
+from importlib import import_module
+
+from .errors import TlearnError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fit": "fitting", "finetune": "fitting", "RunResult": "fitting",
+    "evaluate": "evaluation", "Evaluation": "evaluation",
+    "predict": "prediction", "Prediction": "prediction",
+}
+__all__ = ["TlearnError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'tlearn' has no attribute {name!r}")

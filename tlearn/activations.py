@@ -1,0 +1,159 @@
+"""Each image goes through the frozen part of the network once; its activations are cached.
+
+The frozen layers' output for a given input never changes, so fit and finetune train only
+the layers above the cut, on activations read back from disk. Entries are keyed by
+everything that changes them (file content, image size, weights, preprocessing, cut layer,
+augmentation view), so a cache is never mistaken for another configuration's, and deleting
+it only costs time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import CACHE_ENV
+from .dataset import ImageRecord, SkippedFile
+from .images import UnreadableImage, load_rgb
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tlearn")
+
+
+@dataclass(frozen=True)
+class ActivationCache:
+    """A folder of float16 .npy files, one per (image content, view), for one configuration.
+
+    View 0 (the plain image) is shared by every augmentation setting; augmented views are
+    keyed by `augment_key` as well.
+    """
+
+    folder: Path
+    augment_key: str = "none"
+
+    def with_augment_key(self, augment_key: str) -> "ActivationCache":
+        return ActivationCache(self.folder, augment_key)
+
+    @classmethod
+    def for_config(cls, root: Path, **config) -> "ActivationCache":
+        text = json.dumps(config, sort_keys=True)
+        folder = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:20]
+        folder.mkdir(parents=True, exist_ok=True)
+        key_file = folder / "config.json"
+        if not key_file.exists():
+            key_file.write_text(text + "\n", encoding="utf-8")
+        return cls(folder)
+
+    def path(self, sha256: str, view: int) -> Path:
+        tag = "plain" if view == 0 else f"{self.augment_key}-v{view}"
+        return self.folder / sha256[:2] / f"{sha256}-{tag}.npy"
+
+    def has(self, sha256: str, view: int) -> bool:
+        return self.path(sha256, view).exists()
+
+    def load(self, sha256: str, view: int) -> np.ndarray:
+        return np.load(self.path(sha256, view), allow_pickle=False)
+
+    def store(self, sha256: str, view: int, activations: np.ndarray) -> None:
+        target = self.path(sha256, view)
+        target.parent.mkdir(exist_ok=True)
+        # Write then rename, so an interrupted run never leaves a truncated entry.
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
+            np.save(handle, activations.astype(np.float16), allow_pickle=False)
+        os.replace(handle.name, target)
+
+
+def compute_activations(
+    extractor: keras.Model,
+    records: list[ImageRecord],
+    cache: ActivationCache,
+    views: int = 1,
+    augmenter: keras.Model | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    description: str = "embedding",
+) -> list[SkippedFile]:
+    """Fill `cache` for every record and view 0..views-1; return the files that failed to decode.
+
+    View 0 is the plain image; views 1.. pass it through `augmenter` first. Decoding of the
+    next batch runs in threads while the model works on the current one.
+    """
+    size = extractor.input_shape[1]
+    todo = [(record, view) for record in records for view in range(views) if not cache.has(record.sha256, view)]
+    pending_images = sorted({record for record, _ in todo}, key=lambda r: (r.sha256, str(r.path)))
+    wanted = {record: sorted(view for r, view in todo if r == record) for record in pending_images}
+    skipped: dict[Path, SkippedFile] = {}
+
+    def decode(record: ImageRecord):
+        try:
+            return load_rgb(record.path, size)
+        except UnreadableImage as error:
+            return SkippedFile(record.path, str(error))
+        except OSError as error:
+            return SkippedFile(record.path, error.strerror or str(error))
+
+    batches = [pending_images[i : i + batch_size] for i in range(0, len(pending_images), batch_size)]
+    bar = tqdm(total=len(todo), desc=description, unit="img", disable=not progress or not todo, leave=False)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        upcoming = pool.map(decode, batches[0]) if batches else iter(())
+        for index, batch in enumerate(batches):
+            decoded = list(upcoming)
+            if index + 1 < len(batches):
+                upcoming = pool.map(decode, batches[index + 1])
+            good = [(r, a) for r, a in zip(batch, decoded) if not isinstance(a, SkippedFile)]
+            for result in decoded:
+                if isinstance(result, SkippedFile):
+                    skipped[result.path] = result
+            if not good:
+                continue
+            pixels = np.stack([a for _, a in good]).astype(np.float32)
+            for view in sorted({v for r, _ in good for v in wanted[r]}):
+                inputs = pixels if view == 0 else keras.ops.convert_to_numpy(augmenter(pixels, training=True))
+                outputs = keras.ops.convert_to_numpy(extractor(inputs, training=False))
+                for (record, _), activations in zip(good, outputs):
+                    if view in wanted[record]:
+                        cache.store(record.sha256, view, activations)
+                        bar.update(1)
+    bar.close()
+    return [skipped[path] for path in sorted(skipped)]
+
+
+class CachedActivations(keras.utils.PyDataset):
+    """Batches of (activations, class index) streamed from the cache, reshuffled each epoch.
+
+    With several views, each epoch draws one view per image, so the training set stays the
+    size of the split while every view gets used over the epochs.
+    """
+
+    def __init__(self, cache, records, class_names, batch_size, views=1, shuffle=False, seed=0):
+        super().__init__()
+        self.cache, self.records, self.views = cache, list(records), views
+        self.labels = np.array([class_names.index(r.label) for r in self.records])
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = np.arange(len(self.records))
+        self.view_of = np.zeros(len(self.records), dtype=int)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return -(-len(self.records) // self.batch_size)
+
+    def __getitem__(self, index):
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        activations = np.stack([self.cache.load(self.records[i].sha256, self.view_of[i]) for i in chosen])
+        return activations.astype(np.float32), self.labels[chosen]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.rng.shuffle(self.order)
+            self.view_of = self.rng.integers(0, self.views, size=len(self.records))

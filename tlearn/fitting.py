@@ -1,0 +1,297 @@
+"""`fit` and `finetune`: the two training stages of a run.
+
+Both train only what lies above a cut in the network, on activations that the frozen part
+computed once per image and view (see activations.py): fit cuts at the top of VGG16 and
+trains the head; finetune cuts lower and trains the top blocks with the head.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import sklearn
+import tensorflow as tf
+
+from . import __version__
+from .activations import ActivationCache, CachedActivations, compute_activations, default_cache_root
+from .augment import build_augmenter
+from .config import DEFAULT_MODELS_DIR, FinetuneConfig, FitConfig
+from .dataset import ImageRecord, SkippedFile, scan_folder
+from .errors import TlearnError
+from .export import MODEL_FILE, SAVED_MODEL, export_classifier
+from .model import build_classifier, cut_layer_name, feature_extractor, load_classifier, set_trainable_top, trainable_top
+from .precision import apply_precision_policy
+from .report import classification_metrics, write_evaluation, write_history
+from .runs import (
+    METADATA, publish_new_run, read_metadata, replace_stage_artifacts, resolve_run, staging_dir, write_json,
+)
+from .training import train_top
+from .split import SUBSETS, check_fractions, read_split_csv, split_records, write_split_csv
+from .weights import resolve_weights, weights_identity
+
+REPORT_DIR = "report"
+SPLIT_FILE = "split.csv"
+STAGE_ARTIFACTS = [SAVED_MODEL, MODEL_FILE, REPORT_DIR]
+
+
+@dataclass
+class RunResult:
+    """What a training command produced: where the run is and how well the model does."""
+
+    run_dir: Path
+    stage: str
+    test_accuracy: float
+    metrics: dict
+    images: dict[str, int]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class _StageOutcome:
+    history: dict[str, list[float]]
+    best_epoch: int
+    metrics: dict
+    subsets: dict[str, list[ImageRecord]]
+    skipped: list[SkippedFile]
+
+
+def fit(
+    data_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    models_dir: str | Path = DEFAULT_MODELS_DIR,
+    weights: str | None = None,
+    preprocess: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    **settings,
+) -> RunResult:
+    """Train a classifier on `data_dir` (one sub-folder per class) and write a run directory.
+
+    `weights`: `imagenet` (Keras's download), `none` (random, for tests) or a weights file;
+    default $TLEARN_WEIGHTS or `imagenet`. `preprocess`: `caffe` or `torch`, the input
+    convention of those weights; default $TLEARN_PREPROCESS or `caffe`. The run goes to
+    `out`, or to `models_dir/<data folder name>` (`-2`, `-3`, ... if taken). Every field of
+    `FitConfig` (image_size, epochs, seed, ...) is a keyword here with the same default.
+    """
+    started = time.monotonic()
+    config = _make_config(FitConfig, settings)
+    check_fractions(config.val_split, config.test_split)
+    _check_positive(config, ("image_size", "epochs", "batch_size", "views", "dense_units"))
+    if config.image_size < 32:
+        raise TlearnError(f"--image-size must be at least 32 (VGG16 pools 5 times), got {config.image_size}")
+    if not 0 <= config.dropout < 1:
+        raise TlearnError(f"--dropout must be in [0, 1), got {config.dropout}")
+    if out is not None and Path(out).exists() and any(Path(out).iterdir()):
+        raise TlearnError(f"--out {out} already exists and is not empty: choose another --out or remove it")
+    weights, preprocess = resolve_weights(weights, preprocess)
+    augmenter = build_augmenter(config.augment, config.seed) if config.views > 1 else None
+    policy = apply_precision_policy(config.mixed_precision)
+
+    scanned = scan_folder(data_dir)
+    subsets = split_records(scanned.records, config.val_split, config.test_split, config.seed)
+    keras.utils.set_random_seed(config.seed)
+    model = build_classifier(
+        scanned.class_names, config.image_size, weights, preprocess, config.dense_units, config.dropout
+    )
+    identity = {
+        "weights": weights_identity(weights, config.seed),
+        "preprocess": preprocess,
+        "image_size": config.image_size,
+        "policy": policy,
+    }
+    outcome = _train_stage(
+        model, cut_layer_name(model, 0), subsets, scanned.class_names, identity,
+        views=config.views, augmenter=augmenter, augment_key=f"{config.augment}-seed{config.seed}",
+        epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
+        seed=config.seed, cache_dir=cache_dir, progress=progress,
+    )
+    skipped = scanned.skipped + outcome.skipped
+    wall = time.monotonic() - started
+    stage = _stage_record("fit", asdict(config), outcome, wall, policy)
+    metadata = {
+        "tlearn_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data_dir": str(scanned.root.resolve()),
+        "class_names": scanned.class_names,
+        "image_size": config.image_size,
+        "weights": weights,
+        "weights_identity": identity["weights"],
+        "preprocess": preprocess,
+        "dense_units": config.dense_units,
+        "dropout": config.dropout,
+        "views": config.views,
+        "augment": config.augment,
+        "split": {
+            "seed": config.seed, "val_split": config.val_split, "test_split": config.test_split,
+            "sizes": {name: len(outcome.subsets[name]) for name in SUBSETS},
+            "duplicate_groups": scanned.duplicate_groups(),
+        },
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],
+        "stages": [stage],
+        "versions": _versions(),
+    }
+
+    models_root = Path(models_dir)
+    target = Path(out) if out is not None else None
+    with staging_dir(target.parent if target is not None else models_root) as staging:
+        export_classifier(model, scanned.class_names, staging)
+        _write_report(staging / REPORT_DIR, outcome.metrics, scanned.class_names, [stage])
+        write_split_csv(staging / SPLIT_FILE, scanned.root, outcome.subsets, skipped)
+        write_json(staging / METADATA, metadata)
+        run_dir = publish_new_run(staging, target, models_root, scanned.root.resolve().name)
+    return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics,
+                     metadata["split"]["sizes"], skipped, wall)
+
+
+def finetune(
+    run_dir: str | Path | None = None,
+    *,
+    models_dir: str | Path = DEFAULT_MODELS_DIR,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    **settings,
+) -> RunResult:
+    """Unfreeze the top `unfreeze` layers of the base and train on, on the run's own split.
+
+    `run_dir` defaults to the newest run in `models_dir`; `data_dir` overrides where the
+    run's images are now, if the dataset folder moved. The new model, export and report
+    replace the run's current ones, which move to `stages/<their stage>/`; tlearn.json
+    records every stage. Every field of `FinetuneConfig` is a keyword with the same default.
+    """
+    started = time.monotonic()
+    config = _make_config(FinetuneConfig, settings)
+    _check_positive(config, ("unfreeze", "epochs", "batch_size"))
+    run = resolve_run(run_dir, models_dir)
+    metadata = read_metadata(run)
+    class_names = metadata["class_names"]
+    root = Path(data_dir) if data_dir is not None else Path(metadata["data_dir"])
+    subsets = read_split_csv(run / SPLIT_FILE, root)
+    missing = [r.path for name in SUBSETS for r in subsets[name] if not r.path.exists()]
+    if missing:
+        raise TlearnError(
+            f"{len(missing)} images of the run's split are missing, e.g. {missing[0]}: "
+            "if the dataset moved, pass its new place with --data"
+        )
+    policy = apply_precision_policy(config.mixed_precision)
+    keras.utils.set_random_seed(metadata["split"]["seed"])
+    # Build the architecture under this stage's precision policy, then take the trained
+    # weights from the run's model.keras (loaded in safe mode).
+    model = build_classifier(
+        class_names, metadata["image_size"], "none", metadata["preprocess"],
+        metadata["dense_units"], metadata["dropout"],
+    )
+    model.set_weights(load_classifier(run / MODEL_FILE).get_weights())
+    cut = cut_layer_name(model, config.unfreeze)
+    set_trainable_top(model, config.unfreeze)
+    identity = {
+        "weights": metadata["weights_identity"],
+        "preprocess": metadata["preprocess"],
+        "image_size": metadata["image_size"],
+        "policy": policy,
+    }
+    seed = metadata["split"]["seed"]
+    outcome = _train_stage(
+        model, cut, subsets, class_names, identity,
+        views=metadata["views"], augmenter=build_augmenter(metadata["augment"], seed) if metadata["views"] > 1 else None,
+        augment_key=f"{metadata['augment']}-seed{seed}",
+        epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
+        seed=seed, cache_dir=cache_dir, progress=progress,
+    )
+    stage_names = [stage["name"] for stage in metadata["stages"]]
+    name = "finetune" if "finetune" not in stage_names else f"finetune-{len(stage_names)}"
+    wall = time.monotonic() - started
+    stage = _stage_record(name, {**asdict(config), "cut_layer": cut}, outcome, wall, policy)
+
+    with staging_dir(run) as staging:
+        export_classifier(model, class_names, staging)
+        _write_report(staging / REPORT_DIR, outcome.metrics, class_names, [*metadata["stages"], stage])
+        previous = metadata["stages"][-1]
+        replace_stage_artifacts(run, staging, previous["name"], STAGE_ARTIFACTS)
+    previous["artifacts"] = f"stages/{previous['name']}"
+    metadata["stages"].append(stage)
+    metadata["skipped"] += [{"path": str(s.path), "reason": s.reason} for s in outcome.skipped]
+    write_json(run / METADATA, metadata)
+    sizes = {name: len(outcome.subsets[name]) for name in SUBSETS}
+    return RunResult(run, name, outcome.metrics["accuracy"], outcome.metrics, sizes, outcome.skipped, wall)
+
+
+def _train_stage(
+    model, cut, subsets, class_names, identity, *, views, augmenter, augment_key,
+    epochs, patience, batch_size, lr, seed, cache_dir, progress,
+) -> _StageOutcome:
+    """Cache activations at `cut` for every split image, then train everything above it."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    cache = ActivationCache.for_config(root, cut=cut, **identity).with_augment_key(augment_key)
+    extractor = feature_extractor(model, cut)
+    skipped = compute_activations(
+        extractor, subsets["train"], cache, views, augmenter, batch_size, progress, "embedding train"
+    )
+    skipped += compute_activations(
+        extractor, subsets["validation"] + subsets["test"], cache, 1, None, batch_size, progress,
+        "embedding validation+test",
+    )
+    if skipped:
+        failed = {item.path for item in skipped}
+        subsets = {name: [r for r in records if r.path not in failed] for name, records in subsets.items()}
+        for name in SUBSETS:
+            if not subsets[name]:
+                raise TlearnError(f"no decodable images left in the {name} split: see the skipped files")
+
+    top = trainable_top(model, cut)
+    train = CachedActivations(cache, subsets["train"], class_names, batch_size, views, shuffle=True, seed=seed)
+    validation = CachedActivations(cache, subsets["validation"], class_names, batch_size)
+    history, best_epoch = train_top(top, train, validation, epochs, patience, lr, progress)
+    test = CachedActivations(cache, subsets["test"], class_names, batch_size)
+    probabilities = top.predict(test, verbose=0)
+    metrics = classification_metrics(test.labels, probabilities, class_names)
+    return _StageOutcome(history, best_epoch, metrics, subsets, skipped)
+
+
+def _stage_record(name: str, settings: dict, outcome: _StageOutcome, wall: float, policy: str) -> dict:
+    return {
+        "name": name,
+        "settings": settings,
+        "precision_policy": policy,
+        "epochs_run": len(outcome.history["loss"]),
+        "best_epoch": outcome.best_epoch,
+        "history": outcome.history,
+        "test_accuracy": outcome.metrics["accuracy"],
+        "test_macro_f1": outcome.metrics["macro_avg"]["f1-score"],
+        "wall_seconds": round(wall, 1),
+        "artifacts": ".",
+    }
+
+
+def _write_report(report_dir: Path, metrics: dict, class_names: list[str], stages: list[dict]) -> None:
+    write_evaluation(metrics, class_names, report_dir, f"test split, after {stages[-1]['name']}")
+    write_history(stages, report_dir)
+
+
+def _make_config(config_class, settings: dict):
+    known = set(config_class.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return config_class(**{key: value for key, value in settings.items() if value is not None})
+
+
+def _check_positive(config, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise TlearnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+        "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+    }

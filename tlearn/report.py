@@ -1,0 +1,108 @@
+"""Metrics, tables and pictures a person reads to decide whether to trust a model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on servers and in CI without a display
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+
+def classification_metrics(true_labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix."""
+    predicted = probabilities.argmax(axis=1)
+    indices = list(range(len(class_names)))
+    per_class = classification_report(
+        true_labels, predicted, labels=indices, target_names=class_names, output_dict=True, zero_division=0
+    )
+    return {
+        "accuracy": float(np.mean(predicted == true_labels)) if len(true_labels) else 0.0,
+        "images": int(len(true_labels)),
+        "per_class": {name: {k: float(v) for k, v in per_class[name].items()} for name in class_names},
+        "macro_avg": {k: float(v) for k, v in per_class["macro avg"].items()},
+        "confusion_matrix": confusion_matrix(true_labels, predicted, labels=indices).tolist(),
+    }
+
+
+def format_classification_table(metrics: dict, class_names: list[str]) -> str:
+    width = max(12, *(len(name) for name in class_names))
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support"]
+    for name in class_names:
+        row = metrics["per_class"][name]
+        lines.append(
+            f"{name:>{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1-score']:8.3f}  {int(row['support']):7d}"
+        )
+    macro = metrics["macro_avg"]
+    lines.append(
+        f"{'macro avg':>{width}}  {macro['precision']:9.3f}  {macro['recall']:6.3f}  {macro['f1-score']:8.3f}  {metrics['images']:7d}"
+    )
+    lines.append(f"{'accuracy':>{width}}  {metrics['accuracy']:.3f} on {metrics['images']} images")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
+    counts = np.array(matrix)
+    size = max(4.5, 0.7 * len(class_names) + 2.5)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(counts, cmap="Blues")
+    axes.set(
+        xticks=range(len(class_names)), yticks=range(len(class_names)),
+        xticklabels=class_names, yticklabels=class_names,
+        xlabel="predicted", ylabel="true", title=title,
+    )
+    plt.setp(axes.get_xticklabels(), rotation=45, ha="right")
+    threshold = counts.max() / 2 if counts.size else 0
+    for (row, column), count in np.ndenumerate(counts):
+        axes.text(column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_history(stages: list[dict], report_dir: Path) -> None:
+    """history.csv and curves.png: loss and accuracy per epoch, every stage on one time axis."""
+    rows, boundaries, epoch = [], [], 0
+    for stage in stages:
+        history = stage["history"]
+        for index in range(len(history["loss"])):
+            epoch += 1
+            rows.append({"epoch": epoch, "stage": stage["name"], **{k: history[k][index] for k in _CURVES if k in history}})
+        boundaries.append((epoch, stage["name"]))
+    with open(report_dir / "history.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["epoch", "stage", *_CURVES])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [row["epoch"] for row in rows]
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            axes.plot(epochs, [row.get(prefix + metric, np.nan) for row in rows], marker=".", label=label)
+        for end, name in boundaries[:-1]:
+            axes.axvline(end + 0.5, color="grey", linestyle="--")
+            axes.text(end + 0.5, axes.get_ylim()[1], f" {name} | next stage", va="top", fontsize=8, color="grey")
+        axes.set(xlabel="epoch", ylabel=metric, title=metric)
+        axes.legend()
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(report_dir / "curves.png", dpi=120)
+    plt.close(figure)
+
+
+_CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def write_evaluation(metrics: dict, class_names: list[str], report_dir: Path, title: str) -> None:
+    """metrics.json, classification_report.txt and confusion_matrix.png in `report_dir`."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (report_dir / "classification_report.txt").write_text(
+        format_classification_table(metrics, class_names), encoding="utf-8"
+    )
+    plot_confusion_matrix(metrics["confusion_matrix"], class_names, report_dir / "confusion_matrix.png", title)

@@ -1,0 +1,96 @@
+"""Stratified, seeded train/validation/test splits that keep duplicates together."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from .dataset import ImageRecord, SkippedFile
+from .errors import TlearnError
+
+SUBSETS = ("train", "validation", "test")
+
+
+def check_fractions(val_split: float, test_split: float) -> None:
+    for name, value in (("--val-split", val_split), ("--test-split", test_split)):
+        if not 0 < value < 1:
+            raise TlearnError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    if val_split + test_split >= 1:
+        raise TlearnError(
+            f"--val-split + --test-split must leave images for training, got {val_split} + {test_split}"
+        )
+
+
+def split_records(
+    records: list[ImageRecord], val_split: float, test_split: float, seed: int
+) -> dict[str, list[ImageRecord]]:
+    """Split each class by the given fractions; byte-identical files share one subset.
+
+    Without the grouping, a duplicated photo can sit in train and test at once and the test
+    accuracy flatters the model.
+    """
+    check_fractions(val_split, test_split)
+    rng = random.Random(seed)
+    subsets: dict[str, list[ImageRecord]] = {name: [] for name in SUBSETS}
+    by_label: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        by_label[record.label][record.sha256].append(record)
+
+    for label in sorted(by_label):
+        groups = [by_label[label][sha] for sha in sorted(by_label[label])]
+        rng.shuffle(groups)
+        total = sum(len(group) for group in groups)
+        targets = {"test": round(total * test_split), "validation": round(total * val_split)}
+        counts = {"test": 0, "validation": 0}
+        for index, group in enumerate(groups):
+            remaining_groups = len(groups) - index
+            subset = "train"
+            for name in ("test", "validation"):
+                # The last group always goes to train, so no class is left without training data.
+                if counts[name] < targets[name] and remaining_groups > 1:
+                    subset = name
+                    break
+            if subset != "train":
+                counts[subset] += len(group)
+            subsets[subset].extend(group)
+
+    for name in SUBSETS:
+        if not subsets[name]:
+            raise TlearnError(
+                f"the {name} split is empty: {len(records)} images are too few for "
+                f"--val-split {val_split} and --test-split {test_split}; add images or raise them"
+            )
+    return subsets
+
+
+def write_split_csv(
+    path: Path, root: Path, subsets: dict[str, list[ImageRecord]], skipped: list[SkippedFile]
+) -> None:
+    """One row per file: where it went, or why it was skipped. Paths are relative to `root`."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "subset", "sha256", "reason"])
+        for name in SUBSETS:
+            for record in subsets[name]:
+                writer.writerow([_relative(record.path, root), record.label, name, record.sha256, ""])
+        for item in skipped:
+            writer.writerow([_relative(item.path, root), item.path.parent.name, "skipped", "", item.reason])
+
+
+def read_split_csv(path: Path, root: Path) -> dict[str, list[ImageRecord]]:
+    """The subsets that `write_split_csv` recorded, with paths resolved against `root`."""
+    subsets: dict[str, list[ImageRecord]] = {name: [] for name in SUBSETS}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["subset"] in subsets:
+                subsets[row["subset"]].append(ImageRecord(root / row["path"], row["label"], row["sha256"]))
+    return subsets
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

@@ -1,0 +1,74 @@
+"""Training the layers above the cut on cached activations, with early stopping."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
+from tqdm.auto import tqdm
+
+from .activations import CachedActivations
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A tqdm bar per epoch over its batches, with loss and accuracy as it goes."""
+
+    def __init__(self, epochs: int, enabled: bool = True):
+        super().__init__()
+        self.epochs, self.enabled, self.bar = epochs, enabled, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        total = self.params.get("steps") if self.params else None
+        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", disable=not self.enabled)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        self.bar.set_postfix(_rounded(logs), refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.set_postfix(_rounded(logs))
+        self.bar.close()
+
+
+def _rounded(logs) -> dict[str, str]:
+    shown = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
+    return {short: f"{float(logs[key]):.3f}" for key, short in shown.items() if logs and key in logs}
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Weights inversely proportional to class frequency, so a small class counts as much."""
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    by_class = dict(zip(present.tolist(), weights.tolist()))
+    return {index: by_class.get(index, 1.0) for index in range(num_classes)}
+
+
+def train_top(
+    top: keras.Model,
+    train: CachedActivations,
+    validation: CachedActivations,
+    epochs: int,
+    patience: int,
+    lr: float,
+    progress: bool = True,
+) -> tuple[dict[str, list[float]], int]:
+    """Adam, class weights from the training split, best validation loss restored at the end.
+
+    Returns the per-epoch history and the (1-based) epoch whose weights were kept.
+    """
+    top.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    history = top.fit(
+        train,
+        validation_data=validation,
+        epochs=epochs,
+        class_weight=balanced_class_weights(train.labels, top.output_shape[-1]),
+        callbacks=[stopper, EpochProgress(epochs, progress)],
+        verbose=0,
+    )
+    result = {key: [float(v) for v in values] for key, values in history.history.items()}
+    return result, int(np.argmin(result["val_loss"])) + 1
