@@ -106,6 +106,7 @@ def _print_skipped(skipped) -> None:
 @click.option("--seed", type=int, default=FIT.seed, show_default=True, help="Seeds the split, initialisation and augmentation.")
 @click.option("--views", type=int, default=FIT.views, show_default=True, help="Views per training image: 1 = the plain image, more = add augmented copies (each costs one VGG16 pass).")
 @click.option("--augment", type=click.Choice(AUGMENT_STRENGTHS), default=FIT.augment, show_default=True, help="Strength of the augmentation used for views 2 and up.")
+@click.option("--preview-augment", is_flag=True, help="Write report/augmentation.png: training images beside augmented samples of them.")
 @click.option("--dense-units", type=int, default=FIT.dense_units, show_default=True, help="Width of the head's hidden layer.")
 @click.option("--dropout", type=float, default=FIT.dropout, show_default=True)
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_MODES), default=FIT.mixed_precision, show_default=True, help="float16 compute: auto = on when a GPU is visible.")
@@ -164,6 +165,43 @@ def finetune(run_dir, models_dir, data_dir, cache_dir, progress, **settings):
     )
     _print_skipped(result.skipped)
     _print_run_summary(result)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@_models_dir_option
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="A folder of class sub-folders to evaluate on. [default: the run's test split]")
+@click.option("--show-wrong", type=int, default=10, show_default=True, help="How many of the most confidently wrong images to list.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activations are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
+@_progress_flag
+def evaluate(run_dir, models_dir, data_dir, show_wrong, cache_dir, progress):
+    """Accuracy, per-class table and the most confidently wrong images of a run.
+
+    RUN_DIR defaults to the newest run in MODELS_DIR. The full report (metrics.json,
+    classification_report.txt, confusion_matrix.png, confidently_wrong.csv) goes to
+    RUN_DIR/report/evaluate-<test or data folder name>/.
+
+    \b
+    Example:
+      tlearn evaluate models/weather --data ./new-photos
+    """
+    load_tensorflow_quietly()
+    from .evaluation import evaluate as evaluate_run
+
+    result = _call(
+        evaluate_run, run_dir, data=data_dir, models_dir=models_dir, cache_dir=cache_dir,
+        show_wrong=show_wrong, progress=progress,
+    )
+    _print_skipped(result.skipped)
+    if result.ignored_classes:
+        click.echo(f"Warning: ignored folders of classes the model does not know: {', '.join(result.ignored_classes)}", err=True)
+    click.echo(f"{result.data_name}: {result.metrics['images']} images, accuracy {result.accuracy:.4f}")
+    click.echo(result.table, nl=False)
+    if result.confidently_wrong:
+        click.echo("Most confidently wrong:")
+        for row in result.confidently_wrong:
+            click.echo(f"  {row['probability']:.3f}  {row['true']} -> {row['predicted']}  {row['path']}")
+    click.echo(f"Report: {result.report_dir}")
 
 
 def _print_run_summary(result) -> None:

@@ -33,6 +33,7 @@ class FitConfig:
     # cached. 1 = the plain image only: on a CPU every extra view costs a full VGG16 pass.
     views: int = 1
     augment: str = "medium"
+    preview_augment: bool = False  # write report/augmentation.png: what the model trains on
     mixed_precision: str = "auto"
 
 

@@ -59,7 +59,7 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
         return None, error.strerror or str(error)
 
 
-def scan_folder(data_dir: str | Path, workers: int = 8) -> ScannedFolder:
+def scan_folder(data_dir: str | Path, workers: int = 8, min_classes: int = 2) -> ScannedFolder:
     """Find the classes (sub-folders, sorted) and the images in each, by content.
 
     Non-images and undecodable headers are returned as `skipped` with their reason. A file
@@ -72,10 +72,10 @@ def scan_folder(data_dir: str | Path, workers: int = 8) -> ScannedFolder:
     if not root.is_dir():
         raise TlearnError(f"{root} is not a folder: give a folder with one sub-folder per class")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(class_dirs) < 2:
+    if len(class_dirs) < min_classes:
         found = ", ".join(p.name for p in class_dirs) or "none"
         raise TlearnError(
-            f"{root} needs at least 2 class sub-folders (found {found}): "
+            f"{root} needs at least {min_classes} class sub-folder{'s' if min_classes > 1 else ''} (found {found}): "
             "put each class's images in a folder named after the class"
         )
 

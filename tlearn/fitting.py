@@ -18,14 +18,16 @@ import sklearn
 import tensorflow as tf
 
 from . import __version__
-from .activations import ActivationCache, CachedActivations, compute_activations, default_cache_root
-from .augment import build_augmenter
+from .activations import CachedActivations, compute_activations
+from .augment import build_augmenter, write_augmentation_preview
 from .config import DEFAULT_MODELS_DIR, FinetuneConfig, FitConfig
 from .dataset import ImageRecord, SkippedFile, scan_folder
 from .errors import TlearnError
+from .images import UnreadableImage, load_rgb
 from .export import MODEL_FILE, SAVED_MODEL, export_classifier
-from .model import build_classifier, cut_layer_name, feature_extractor, load_classifier, set_trainable_top, trainable_top
+from .model import build_classifier, cut_layer_name, feature_extractor, set_trainable_top, trainable_top
 from .precision import apply_precision_policy
+from .restore import activation_cache, rebuild_model, run_activation_cache
 from .report import classification_metrics, write_evaluation, write_history
 from .runs import (
     METADATA, publish_new_run, read_metadata, replace_stage_artifacts, resolve_run, staging_dir, write_json,
@@ -91,7 +93,7 @@ def fit(
     if out is not None and Path(out).exists() and any(Path(out).iterdir()):
         raise TlearnError(f"--out {out} already exists and is not empty: choose another --out or remove it")
     weights, preprocess = resolve_weights(weights, preprocess)
-    augmenter = build_augmenter(config.augment, config.seed) if config.views > 1 else None
+    augmenter = build_augmenter(config.augment, config.seed) if config.views > 1 or config.preview_augment else None
     policy = apply_precision_policy(config.mixed_precision)
 
     scanned = scan_folder(data_dir)
@@ -100,21 +102,19 @@ def fit(
     model = build_classifier(
         scanned.class_names, config.image_size, weights, preprocess, config.dense_units, config.dropout
     )
-    identity = {
-        "weights": weights_identity(weights, config.seed),
-        "preprocess": preprocess,
-        "image_size": config.image_size,
-        "policy": policy,
-    }
+    identity = weights_identity(weights, config.seed)
+    cut = cut_layer_name(model, 0)
+    cache = activation_cache(
+        identity, preprocess, config.image_size, cut, policy, f"{config.augment}-seed{config.seed}", cache_dir
+    )
     outcome = _train_stage(
-        model, cut_layer_name(model, 0), subsets, scanned.class_names, identity,
-        views=config.views, augmenter=augmenter, augment_key=f"{config.augment}-seed{config.seed}",
+        model, cut, cache, subsets, scanned.class_names, views=config.views, augmenter=augmenter,
         epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
-        seed=config.seed, cache_dir=cache_dir, progress=progress,
+        seed=config.seed, progress=progress,
     )
     skipped = scanned.skipped + outcome.skipped
     wall = time.monotonic() - started
-    stage = _stage_record("fit", asdict(config), outcome, wall, policy)
+    stage = _stage_record("fit", {**asdict(config), "cut_layer": cut}, outcome, wall, policy)
     metadata = {
         "tlearn_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -122,7 +122,7 @@ def fit(
         "class_names": scanned.class_names,
         "image_size": config.image_size,
         "weights": weights,
-        "weights_identity": identity["weights"],
+        "weights_identity": identity,
         "preprocess": preprocess,
         "dense_units": config.dense_units,
         "dropout": config.dropout,
@@ -144,6 +144,9 @@ def fit(
         export_classifier(model, scanned.class_names, staging)
         _write_report(staging / REPORT_DIR, outcome.metrics, scanned.class_names, [stage])
         write_split_csv(staging / SPLIT_FILE, scanned.root, outcome.subsets, skipped)
+        if config.preview_augment and augmenter is not None:
+            _write_augmentation_preview(outcome.subsets["train"], scanned.class_names, augmenter,
+                                        config.image_size, staging / REPORT_DIR / "augmentation.png")
         write_json(staging / METADATA, metadata)
         run_dir = publish_new_run(staging, target, models_root, scanned.root.resolve().name)
     return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics,
@@ -181,29 +184,17 @@ def finetune(
             "if the dataset moved, pass its new place with --data"
         )
     policy = apply_precision_policy(config.mixed_precision)
-    keras.utils.set_random_seed(metadata["split"]["seed"])
-    # Build the architecture under this stage's precision policy, then take the trained
-    # weights from the run's model.keras (loaded in safe mode).
-    model = build_classifier(
-        class_names, metadata["image_size"], "none", metadata["preprocess"],
-        metadata["dense_units"], metadata["dropout"],
-    )
-    model.set_weights(load_classifier(run / MODEL_FILE).get_weights())
+    seed = metadata["split"]["seed"]
+    keras.utils.set_random_seed(seed)
+    model = rebuild_model(run, metadata)
     cut = cut_layer_name(model, config.unfreeze)
     set_trainable_top(model, config.unfreeze)
-    identity = {
-        "weights": metadata["weights_identity"],
-        "preprocess": metadata["preprocess"],
-        "image_size": metadata["image_size"],
-        "policy": policy,
-    }
-    seed = metadata["split"]["seed"]
+    views = metadata["views"]
     outcome = _train_stage(
-        model, cut, subsets, class_names, identity,
-        views=metadata["views"], augmenter=build_augmenter(metadata["augment"], seed) if metadata["views"] > 1 else None,
-        augment_key=f"{metadata['augment']}-seed{seed}",
+        model, cut, run_activation_cache(metadata, cut, policy, cache_dir), subsets, class_names,
+        views=views, augmenter=build_augmenter(metadata["augment"], seed) if views > 1 else None,
         epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
-        seed=seed, cache_dir=cache_dir, progress=progress,
+        seed=seed, progress=progress,
     )
     stage_names = [stage["name"] for stage in metadata["stages"]]
     name = "finetune" if "finetune" not in stage_names else f"finetune-{len(stage_names)}"
@@ -224,12 +215,9 @@ def finetune(
 
 
 def _train_stage(
-    model, cut, subsets, class_names, identity, *, views, augmenter, augment_key,
-    epochs, patience, batch_size, lr, seed, cache_dir, progress,
+    model, cut, cache, subsets, class_names, *, views, augmenter, epochs, patience, batch_size, lr, seed, progress,
 ) -> _StageOutcome:
     """Cache activations at `cut` for every split image, then train everything above it."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    cache = ActivationCache.for_config(root, cut=cut, **identity).with_augment_key(augment_key)
     extractor = feature_extractor(model, cut)
     skipped = compute_activations(
         extractor, subsets["train"], cache, views, augmenter, batch_size, progress, "embedding train"
@@ -268,6 +256,19 @@ def _stage_record(name: str, settings: dict, outcome: _StageOutcome, wall: float
         "wall_seconds": round(wall, 1),
         "artifacts": ".",
     }
+
+
+def _write_augmentation_preview(train, class_names, augmenter, image_size, path: Path) -> None:
+    """One training image per class (up to 6 rows), each beside augmented samples of it."""
+    firsts = [next(r for r in train if r.label == name) for name in class_names if any(r.label == name for r in train)]
+    images = []
+    for record in firsts[:6]:
+        try:
+            images.append(load_rgb(record.path, image_size))
+        except UnreadableImage:
+            continue
+    if images:
+        write_augmentation_preview(images, augmenter, path)
 
 
 def _write_report(report_dir: Path, metrics: dict, class_names: list[str], stages: list[dict]) -> None:
