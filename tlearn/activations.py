@@ -21,13 +21,8 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import CACHE_ENV
 from .dataset import ImageRecord, SkippedFile
 from .images import UnreadableImage, load_rgb
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tlearn")
 
 
 @dataclass(frozen=True)

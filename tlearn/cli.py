@@ -107,6 +107,8 @@ def _print_skipped(skipped) -> None:
 @click.option("--views", type=int, default=FIT.views, show_default=True, help="Views per training image: 1 = the plain image, more = add augmented copies (each costs one VGG16 pass).")
 @click.option("--augment", type=click.Choice(AUGMENT_STRENGTHS), default=FIT.augment, show_default=True, help="Strength of the augmentation used for views 2 and up.")
 @click.option("--preview-augment", is_flag=True, help="Write report/augmentation.png: training images beside augmented samples of them.")
+@click.option("--near-threshold", type=int, default=FIT.near_threshold, show_default=True, help="Near-duplicates (bits of 256 that may differ) share a subset like exact duplicates; -1 = exact duplicates only.")
+@click.option("--keep-cross-class-duplicates", is_flag=True, help="Keep images whose exact copy is filed under another class (left out by default).")
 @click.option("--dense-units", type=int, default=FIT.dense_units, show_default=True, help="Width of the head's hidden layer.")
 @click.option("--dropout", type=float, default=FIT.dropout, show_default=True)
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_MODES), default=FIT.mixed_precision, show_default=True, help="float16 compute: auto = on when a GPU is visible.")
@@ -205,6 +207,8 @@ def evaluate(run_dir, models_dir, data_dir, show_wrong, cache_dir, progress):
 
 
 def _print_run_summary(result) -> None:
+    if result.data_summary:
+        click.echo(f"Data: {result.data_summary}")
     sizes = result.images
     click.echo(
         f"{result.stage}: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test images, "
@@ -212,6 +216,35 @@ def _print_run_summary(result) -> None:
     )
     click.echo(f"Run: {result.run_dir}")
     click.echo(f"Test accuracy: {result.test_accuracy:.4f}")
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=str))
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--image-size", type=int, default=FIT.image_size, show_default=True, help="Training size: images under half of it on a side are reported as tiny.")
+@click.option("--near-threshold", type=int, default=FIT.near_threshold, show_default=True, help="How many of 256 hash bits a near-duplicate may differ in; -1 = no near-duplicate search.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where file facts are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
+def check(data_dir, output_format, image_size, near_threshold, cache_dir):
+    """Report what in DATA_DIR needs attention before training, without changing anything.
+
+    Images per class and imbalance; files that cannot be decoded and why; content that does
+    not match the extension; images converted to RGB; tiny images and extreme aspect ratios;
+    exact duplicates within and across classes; near-duplicates. Exit code 0 when clean, 1
+    when something is listed, 2 for a bad folder or option. A repeated check reuses cached
+    file facts and is near-instant.
+
+    \b
+    Example:
+      tlearn check ./weather --format json > weather-check.json
+    """
+    from .check import check_folder, format_check
+
+    result = _call(check_folder, data_dir, image_size=image_size, near_threshold=near_threshold, cache_dir=cache_dir)
+    if output_format == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(format_check(result), nl=False)
+    sys.exit(1 if result.needs_attention else 0)
 
 
 @main.command()

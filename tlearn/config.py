@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 WEIGHTS_ENV = "TLEARN_WEIGHTS"
 PREPROCESS_ENV = "TLEARN_PREPROCESS"
@@ -34,6 +35,10 @@ class FitConfig:
     views: int = 1
     augment: str = "medium"
     preview_augment: bool = False  # write report/augmentation.png: what the model trains on
+    # Near-duplicates (resized, re-encoded, cropped copies) share a subset like exact ones; the
+    # threshold is in bits of a 256-bit hash (see check.py), -1 = group exact duplicates only.
+    near_threshold: int = 24
+    keep_cross_class_duplicates: bool = False
     mixed_precision: str = "auto"
 
 
@@ -57,3 +62,8 @@ def default_weights() -> str:
 def default_preprocess() -> str:
     """`caffe` (Keras's convention) unless TLEARN_PREPROCESS says otherwise."""
     return os.environ.get(PREPROCESS_ENV) or "caffe"
+
+
+def default_cache_root() -> Path:
+    """Activation and check caches: $TLEARN_CACHE_DIR or ~/.cache/tlearn. Safe to delete."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tlearn")

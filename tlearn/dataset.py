@@ -1,21 +1,24 @@
-"""Scanning a folder of class sub-folders into labelled image records."""
+"""Turning a checked folder of class sub-folders into labelled image records."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .check import NEAR_THRESHOLD, DataCheck, check_folder
 from .errors import TlearnError
-from .images import UnreadableImage, file_sha256, probe
 
 
 @dataclass(frozen=True)
 class ImageRecord:
     path: Path
     label: str
-    sha256: str  # content hash: groups duplicates and keys the activation cache
+    sha256: str  # content hash: keys the activation cache
+    group: str = ""  # images of one group (duplicates, near-duplicates) share a subset
+
+    @property
+    def split_group(self) -> str:
+        return self.group or self.sha256
 
 
 @dataclass(frozen=True)
@@ -30,79 +33,50 @@ class ScannedFolder:
     class_names: list[str]
     records: list[ImageRecord]
     skipped: list[SkippedFile] = field(default_factory=list)
-
-    def duplicate_groups(self) -> int:
-        """How many sets of byte-identical files the folder holds."""
-        counts: dict[str, int] = defaultdict(int)
-        for record in self.records:
-            counts[record.sha256] += 1
-        return sum(1 for count in counts.values() if count > 1)
+    check: DataCheck | None = None
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    """Files under `folder`, recursively, leaving out hidden files and folders."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+def scan_folder(
+    data_dir: str | Path,
+    *,
+    min_classes: int = 2,
+    image_size: int = 224,
+    near_threshold: int = NEAR_THRESHOLD,
+    keep_cross_class_duplicates: bool = False,
+    cache_dir: str | Path | None = None,
+) -> ScannedFolder:
+    """The usable images of `data_dir`, labelled by sub-folder, with their split groups.
 
-
-def _inspect(path: Path) -> tuple[str | None, str | None]:
-    """(sha256, None) for a usable image, (None, reason) otherwise."""
-    try:
-        probe(path)
-        return file_sha256(path), None
-    except UnreadableImage as error:
-        return None, str(error)
-    except OSError as error:
-        return None, error.strerror or str(error)
-
-
-def scan_folder(data_dir: str | Path, workers: int = 8, min_classes: int = 2) -> ScannedFolder:
-    """Find the classes (sub-folders, sorted) and the images in each, by content.
-
-    Non-images and undecodable headers are returned as `skipped` with their reason. A file
-    whose exact bytes appear under two classes is left out as well: it is a labelling error
-    and would put the same picture in training and test under different labels.
+    Unusable files are returned as `skipped` with their reason. A picture whose exact bytes
+    appear under two classes is left out as well: it is a labelling error and would put the
+    same picture in training and test under different labels (unless
+    `keep_cross_class_duplicates`). Exact and near-duplicates of one class share a group, so
+    the split keeps them in one subset.
     """
-    root = Path(data_dir)
-    if not root.exists():
-        raise TlearnError(f"data folder {root} does not exist")
-    if not root.is_dir():
-        raise TlearnError(f"{root} is not a folder: give a folder with one sub-folder per class")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(class_dirs) < min_classes:
-        found = ", ".join(p.name for p in class_dirs) or "none"
-        raise TlearnError(
-            f"{root} needs at least {min_classes} class sub-folder{'s' if min_classes > 1 else ''} (found {found}): "
-            "put each class's images in a folder named after the class"
-        )
+    check = check_folder(
+        data_dir, image_size=image_size, near_threshold=near_threshold, min_classes=min_classes, cache_dir=cache_dir
+    )
+    skipped = [SkippedFile(finding.path, finding.detail) for finding in check.unreadable]
+    for group in [] if keep_cross_class_duplicates else check.duplicates_across_classes:
+        for path in group:
+            others = sorted({check.labels[p] for p in group} - {check.labels[path]})
+            skipped.append(SkippedFile(path, f"the same image is also in class {', '.join(others)}"))
+    left_out = {item.path for item in skipped}
 
-    candidates = [(path, class_dir.name) for class_dir in class_dirs for path in _visible_files(class_dir)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda item: _inspect(item[0]), candidates))
-
-    records, skipped = [], []
-    for (path, label), (sha, reason) in zip(candidates, results):
-        if sha is None:
-            skipped.append(SkippedFile(path, reason))
-        else:
-            records.append(ImageRecord(path, label, sha))
-
-    labels_by_hash: dict[str, set[str]] = defaultdict(set)
-    for record in records:
-        labels_by_hash[record.sha256].add(record.label)
-    conflicting = {sha for sha, labels in labels_by_hash.items() if len(labels) > 1}
-    for record in records:
-        if record.sha256 in conflicting:
-            others = ", ".join(sorted(labels_by_hash[record.sha256] - {record.label}))
-            skipped.append(SkippedFile(record.path, f"the same image is also in class {others}"))
-    records = [record for record in records if record.sha256 not in conflicting]
-
-    for class_dir in class_dirs:
-        if not any(record.label == class_dir.name for record in records):
+    group_of: dict[Path, str] = {}
+    for group in check.duplicates_within_class + check.near_duplicates:
+        # near-duplicate groups can contain exact duplicates: join through any member seen before
+        name = next((group_of[p] for p in group if p in group_of), check.facts[group[0]].sha256)
+        for path in group:
+            group_of[path] = name
+    records = [
+        ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""))
+        for path, fact in check.facts.items()
+        if path not in left_out
+    ]
+    for name in check.class_names:
+        if not any(record.label == name for record in records):
             raise TlearnError(
-                f"class folder {class_dir} has no usable images: add images or remove the folder"
+                f"class folder {check.root / name} has no usable images: add images or remove the folder"
             )
-    return ScannedFolder(root, [p.name for p in class_dirs], records, skipped)
+    return ScannedFolder(check.root, check.class_names, records, skipped, check)

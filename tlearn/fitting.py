@@ -22,6 +22,7 @@ from .activations import CachedActivations, compute_activations
 from .augment import build_augmenter, write_augmentation_preview
 from .config import DEFAULT_MODELS_DIR, FinetuneConfig, FitConfig
 from .dataset import ImageRecord, SkippedFile, scan_folder
+from .check import format_check
 from .errors import TlearnError
 from .images import UnreadableImage, load_rgb
 from .export import MODEL_FILE, SAVED_MODEL, export_classifier
@@ -38,6 +39,7 @@ from .weights import resolve_weights, weights_identity
 
 REPORT_DIR = "report"
 SPLIT_FILE = "split.csv"
+DATA_CHECK_JSON, DATA_CHECK_TEXT = "data_check.json", "data_check.txt"  # what `tlearn check` would say
 STAGE_ARTIFACTS = [SAVED_MODEL, MODEL_FILE, REPORT_DIR]
 
 
@@ -52,6 +54,7 @@ class RunResult:
     images: dict[str, int]
     skipped: list[SkippedFile] = field(default_factory=list)
     wall_seconds: float = 0.0
+    data_summary: str = ""  # fit: one line on the data ("1121 images, 4 classes, ...")
 
 
 @dataclass
@@ -96,7 +99,10 @@ def fit(
     augmenter = build_augmenter(config.augment, config.seed) if config.views > 1 or config.preview_augment else None
     policy = apply_precision_policy(config.mixed_precision)
 
-    scanned = scan_folder(data_dir)
+    scanned = scan_folder(
+        data_dir, image_size=config.image_size, near_threshold=config.near_threshold,
+        keep_cross_class_duplicates=config.keep_cross_class_duplicates, cache_dir=cache_dir,
+    )
     subsets = split_records(scanned.records, config.val_split, config.test_split, config.seed)
     keras.utils.set_random_seed(config.seed)
     model = build_classifier(
@@ -131,7 +137,7 @@ def fit(
         "split": {
             "seed": config.seed, "val_split": config.val_split, "test_split": config.test_split,
             "sizes": {name: len(outcome.subsets[name]) for name in SUBSETS},
-            "duplicate_groups": scanned.duplicate_groups(),
+            "duplicate_groups": len(scanned.check.duplicates_within_class) + len(scanned.check.near_duplicates),
         },
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],
         "stages": [stage],
@@ -144,13 +150,15 @@ def fit(
         export_classifier(model, scanned.class_names, staging)
         _write_report(staging / REPORT_DIR, outcome.metrics, scanned.class_names, [stage])
         write_split_csv(staging / SPLIT_FILE, scanned.root, outcome.subsets, skipped)
+        write_json(staging / DATA_CHECK_JSON, scanned.check.to_dict())
+        (staging / DATA_CHECK_TEXT).write_text(format_check(scanned.check), encoding="utf-8")
         if config.preview_augment and augmenter is not None:
             _write_augmentation_preview(outcome.subsets["train"], scanned.class_names, augmenter,
                                         config.image_size, staging / REPORT_DIR / "augmentation.png")
         write_json(staging / METADATA, metadata)
         run_dir = publish_new_run(staging, target, models_root, scanned.root.resolve().name)
     return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics,
-                     metadata["split"]["sizes"], skipped, wall)
+                     metadata["split"]["sizes"], skipped, wall, scanned.check.summary())
 
 
 def finetune(

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import keras
 
-from .activations import ActivationCache, default_cache_root
+from .activations import ActivationCache
+from .config import default_cache_root
 from .export import MODEL_FILE
 from .model import build_classifier, load_classifier
 

@@ -26,7 +26,7 @@ def check_fractions(val_split: float, test_split: float) -> None:
 def split_records(
     records: list[ImageRecord], val_split: float, test_split: float, seed: int
 ) -> dict[str, list[ImageRecord]]:
-    """Split each class by the given fractions; byte-identical files share one subset.
+    """Split each class by the given fractions; each record's `split_group` shares one subset.
 
     Without the grouping, a duplicated photo can sit in train and test at once and the test
     accuracy flatters the model.
@@ -36,7 +36,7 @@ def split_records(
     subsets: dict[str, list[ImageRecord]] = {name: [] for name in SUBSETS}
     by_label: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        by_label[record.label][record.sha256].append(record)
+        by_label[record.label][record.split_group].append(record)
 
     for label in sorted(by_label):
         groups = [by_label[label][sha] for sha in sorted(by_label[label])]
@@ -68,15 +68,16 @@ def split_records(
 def write_split_csv(
     path: Path, root: Path, subsets: dict[str, list[ImageRecord]], skipped: list[SkippedFile]
 ) -> None:
-    """One row per file: where it went, or why it was skipped. Paths are relative to `root`."""
+    """One row per file: where it went (with its duplicate group, if any), or why it was
+    skipped. Paths are relative to `root`."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "subset", "sha256", "reason"])
+        writer.writerow(["path", "label", "subset", "sha256", "group", "reason"])
         for name in SUBSETS:
             for record in subsets[name]:
-                writer.writerow([_relative(record.path, root), record.label, name, record.sha256, ""])
+                writer.writerow([_relative(record.path, root), record.label, name, record.sha256, record.group, ""])
         for item in skipped:
-            writer.writerow([_relative(item.path, root), item.path.parent.name, "skipped", "", item.reason])
+            writer.writerow([_relative(item.path, root), item.path.parent.name, "skipped", "", "", item.reason])
 
 
 def read_split_csv(path: Path, root: Path) -> dict[str, list[ImageRecord]]:
@@ -85,7 +86,8 @@ def read_split_csv(path: Path, root: Path) -> dict[str, list[ImageRecord]]:
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["subset"] in subsets:
-                subsets[row["subset"]].append(ImageRecord(root / row["path"], row["label"], row["sha256"]))
+                record = ImageRecord(root / row["path"], row["label"], row["sha256"], row.get("group", ""))
+                subsets[row["subset"]].append(record)
     return subsets
 
 

@@ -1,0 +1,120 @@
+"""Per-file facts about an image folder, read once and cached by (path, size, mtime).
+
+Everything later commands want to know about a file (content hash, real format, colour mode,
+size, frames, perceptual hash, or why it cannot be used) comes from one read of its bytes
+and one reduced-size decode: JPEGs are decoded at 1/8 scale by libjpeg itself, which also
+catches truncated files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .images import SUPPORTED_FORMATS
+
+_CACHE_VERSION = 2  # bump when FileFacts or how it is computed changes
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+    format: str | None = None
+    mode: str | None = None
+    width: int = 0
+    height: int = 0
+    frames: int = 1
+    has_alpha: bool = False
+    dhash: str | None = None  # 256-bit difference hash (hex) of the picture, for near-duplicates
+    colours: str | None = None  # 8x8 RGB thumbnail (hex): tells apart pictures of like shape
+    error: str | None = None  # why the file cannot be used; None for a usable image
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+
+def inspect_file(path: Path) -> FileFacts:
+    stat = path.stat()
+    base = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if stat.st_size == 0:
+        return FileFacts(**base, error="empty file (0 bytes)")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            facts = dict(
+                format=image.format, mode=image.mode, width=image.width, height=image.height,
+                frames=getattr(image, "n_frames", 1),
+                has_alpha=image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info,
+            )
+            if image.format not in SUPPORTED_FORMATS:
+                return FileFacts(**base, sha256=sha, **facts, error=f"unsupported image format {image.format}")
+            return FileFacts(**base, sha256=sha, **facts, **_fingerprints(image))
+    except Image.DecompressionBombError as error:
+        return FileFacts(**base, sha256=sha, error=f"too large to decode safely ({error})".split(" could be")[0])
+    except UnidentifiedImageError:
+        return FileFacts(**base, sha256=sha, error="not an image")
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        message = str(error) or type(error).__name__
+        reason = "truncated image" if "truncated" in message else f"cannot decode ({message})"
+        return FileFacts(**base, sha256=sha, error=reason)
+
+
+def _fingerprints(image: Image.Image) -> dict[str, str]:
+    """A difference hash (brightness gradients of a 17x16 thumbnail: robust to resizing and
+    re-encoding) and a colour thumbnail: on skies, gradients alone match different photos."""
+    image.draft("RGB", (64, 64))  # JPEG: decode at reduced scale
+    rgb = image.convert("RGB")  # decodes: a truncated file fails here
+    gray = np.asarray(rgb.convert("L").resize((17, 16), Image.Resampling.BILINEAR), dtype=np.int16)
+    gradients = np.packbits(gray[:, 1:] > gray[:, :-1])
+    thumbnail = np.asarray(rgb.resize((8, 8), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return {"dhash": gradients.tobytes().hex(), "colours": thumbnail.tobytes().hex()}
+
+
+def inspect_files(paths: list[Path], cache_file: Path | None = None, workers: int = 8) -> dict[Path, FileFacts]:
+    """Facts for every path; entries in `cache_file` whose size and mtime still match are reused."""
+    cached = _read_cache(cache_file)
+    facts: dict[Path, FileFacts] = {}
+    todo = []
+    for path in paths:
+        entry = cached.get(str(path))
+        stat = path.stat()
+        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+            facts[path] = FileFacts(**entry)
+        else:
+            todo.append(path)
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            facts.update(zip(todo, pool.map(inspect_file, todo)))
+        _write_cache(cache_file, {**cached, **{str(p): asdict(f) for p, f in facts.items()}})
+    return {path: facts[path] for path in paths}
+
+
+def _read_cache(cache_file: Path | None) -> dict:
+    if cache_file is None or not cache_file.exists():
+        return {}
+    try:
+        content = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # a damaged cache only costs a re-read
+    return content.get("files", {}) if content.get("version") == _CACHE_VERSION else {}
+
+
+def _write_cache(cache_file: Path | None, files: dict) -> None:
+    if cache_file is None:
+        return
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"version": _CACHE_VERSION, "files": files}), encoding="utf-8")
+    os.replace(temporary, cache_file)
