@@ -68,8 +68,10 @@ def main():
     """Transfer learning for folders of photos: one sub-folder per class.
 
     \b
+    tlearn check ./weather               what in the data needs attention
     tlearn fit ./weather                 train and export (models/weather)
     tlearn finetune --unfreeze 4         train the top of VGG16 too
+    tlearn evaluate                      test-split report of the newest run
     tlearn predict photo.jpg             classify with the newest run
     """
 
