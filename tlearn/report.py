@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: works on servers and in CI without a display
 import matplotlib.pyplot as plt
+from matplotlib import transforms
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
@@ -67,9 +68,10 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
 
 def write_history(stages: list[dict], report_dir: Path) -> None:
     """history.csv and curves.png: loss and accuracy per epoch, every stage on one time axis."""
-    rows, boundaries, epoch = [], [], 0
+    rows, boundaries, best, epoch = [], [], [], 0
     for stage in stages:
         history = stage["history"]
+        best.append(epoch + stage["best_epoch"])  # the epoch whose weights the stage kept
         for index in range(len(history["loss"])):
             epoch += 1
             rows.append({"epoch": epoch, "stage": stage["name"], **{k: history[k][index] for k in _CURVES if k in history}})
@@ -84,9 +86,17 @@ def write_history(stages: list[dict], report_dir: Path) -> None:
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             axes.plot(epochs, [row.get(prefix + metric, np.nan) for row in rows], marker=".", label=label)
-        for end, name in boundaries[:-1]:
-            axes.axvline(end + 0.5, color="grey", linestyle="--")
-            axes.text(end + 0.5, axes.get_ylim()[1], f" {name} | next stage", va="top", fontsize=8, color="grey")
+        kept = [row for row in rows if row["epoch"] in best and "val_" + metric in row]
+        axes.plot([row["epoch"] for row in kept], [row["val_" + metric] for row in kept], "k*", markersize=11,
+                  label="kept (best validation loss)")
+        labels_at = transforms.blended_transform_factory(axes.transData, axes.transAxes)
+        start = 0
+        for end, name in boundaries:
+            if len(boundaries) > 1:
+                axes.text((start + end + 1) / 2, 0.5, name, transform=labels_at, ha="center", color="grey", alpha=0.6)
+            if end != boundaries[-1][0]:
+                axes.axvline(end + 0.5, color="grey", linestyle="--")
+            start = end
         axes.set(xlabel="epoch", ylabel=metric, title=metric)
         axes.legend()
         axes.grid(alpha=0.3)
