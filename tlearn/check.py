@@ -90,9 +90,21 @@ class DataCheck:
             "needs_attention": self.needs_attention,
         }
 
+    def split_groups(self) -> list[set[Path]]:
+        """Exact and near-duplicate groups of one class merged where they share a file: the
+        sets of images that a split must keep together."""
+        merged: list[set[Path]] = []
+        for group in self.duplicates_within_class + self.near_duplicates:
+            joined = set(group)
+            for other in [m for m in merged if m & joined]:
+                joined |= other
+                merged.remove(other)
+            merged.append(joined)
+        return merged
+
     def summary(self) -> str:
         """One line, as `fit` prints it."""
-        groups = len(self.duplicates_within_class) + len(self.near_duplicates)
+        groups = len(self.split_groups())
         parts = [f"{sum(self.class_counts.values())} images", f"{len(self.class_names)} classes"]
         if self.unreadable:
             parts.append(f"{len(self.unreadable)} unreadable skipped")

@@ -63,12 +63,9 @@ def scan_folder(
             skipped.append(SkippedFile(path, f"the same image is also in class {', '.join(others)}"))
     left_out = {item.path for item in skipped}
 
-    group_of: dict[Path, str] = {}
-    for group in check.duplicates_within_class + check.near_duplicates:
-        # near-duplicate groups can contain exact duplicates: join through any member seen before
-        name = next((group_of[p] for p in group if p in group_of), check.facts[group[0]].sha256)
-        for path in group:
-            group_of[path] = name
+    group_of = {
+        path: min(check.facts[p].sha256 for p in group) for group in check.split_groups() for path in group
+    }
     records = [
         ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""))
         for path, fact in check.facts.items()

@@ -137,7 +137,7 @@ def fit(
         "split": {
             "seed": config.seed, "val_split": config.val_split, "test_split": config.test_split,
             "sizes": {name: len(outcome.subsets[name]) for name in SUBSETS},
-            "duplicate_groups": len(scanned.check.duplicates_within_class) + len(scanned.check.near_duplicates),
+            "duplicate_groups": len(scanned.check.split_groups()),
         },
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],
         "stages": [stage],
