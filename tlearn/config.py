@@ -51,6 +51,9 @@ class FinetuneConfig:
     patience: int = 3
     batch_size: int = 32
     lr: float = 1e-5  # two orders below fit's: large steps would wreck the pretrained features
+    # Views per training image (see FitConfig.views); None = the run's. Unfrozen convolutions
+    # overfit a small set quickly, so augmented views help here more than in fit.
+    views: int | None = None
     mixed_precision: str = "auto"
 
 

@@ -179,7 +179,7 @@ def finetune(
     """
     started = time.monotonic()
     config = _make_config(FinetuneConfig, settings)
-    _check_positive(config, ("unfreeze", "epochs", "batch_size"))
+    _check_positive(config, ("unfreeze", "epochs", "batch_size", "views"))
     run = resolve_run(run_dir, models_dir)
     metadata = read_metadata(run)
     class_names = metadata["class_names"]
@@ -197,7 +197,7 @@ def finetune(
     model = rebuild_model(run, metadata)
     cut = cut_layer_name(model, config.unfreeze)
     set_trainable_top(model, config.unfreeze)
-    views = metadata["views"]
+    views = config.views or metadata["views"]
     outcome = _train_stage(
         model, cut, run_activation_cache(metadata, cut, policy, cache_dir), subsets, class_names,
         views=views, augmenter=build_augmenter(metadata["augment"], seed) if views > 1 else None,
@@ -295,7 +295,7 @@ def _make_config(config_class, settings: dict):
 def _check_positive(config, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(config, name)
-        if value < 1:
+        if value is not None and value < 1:  # None: the run's own value
             raise TlearnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
