@@ -8,11 +8,17 @@ from dataclasses import dataclass
 WEIGHTS_ENV = "TLEARN_WEIGHTS"
 PREPROCESS_ENV = "TLEARN_PREPROCESS"
 CACHE_ENV = "TLEARN_CACHE_DIR"
+WORKER_TIMEOUT_ENV = "TLEARN_WORKER_TIMEOUT"
 
 DEFAULT_MODELS_DIR = "models"
 AUGMENT_STRENGTHS = ("none", "light", "medium", "strong")
 PREPROCESS_MODES = ("caffe", "torch")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
+STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
+# How long a worker waits for its peers, at start-up and in each collective op, before it
+# gives up. Generous, because a worker whose activations are already cached waits for the
+# others to finish embedding; a worker that crashes is noticed at once anyway.
+DEFAULT_WORKER_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,8 @@ class FitConfig:
     augment: str = "medium"
     preview_augment: bool = False  # write report/augmentation.png: what the model trains on
     mixed_precision: str = "auto"
+    # auto = MirroredStrategy over 2+ GPUs, else one device; multi-worker reads $TF_CONFIG.
+    strategy: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class FinetuneConfig:
     batch_size: int = 32
     lr: float = 1e-5  # two orders below fit's: large steps would wreck the pretrained features
     mixed_precision: str = "auto"
+    strategy: str = "auto"
 
 
 def default_weights() -> str:
@@ -57,3 +66,8 @@ def default_weights() -> str:
 def default_preprocess() -> str:
     """`caffe` (Keras's convention) unless TLEARN_PREPROCESS says otherwise."""
     return os.environ.get(PREPROCESS_ENV) or "caffe"
+
+
+def default_worker_timeout() -> float:
+    """Seconds a worker waits for its peers: $TLEARN_WORKER_TIMEOUT or 1800."""
+    return float(os.environ.get(WORKER_TIMEOUT_ENV) or DEFAULT_WORKER_TIMEOUT_SECONDS)
