@@ -98,7 +98,7 @@ def test_two_workers_train_one_run_written_by_the_chief(tmp_path):
     models = tmp_path / "models"
     ports = _free_ports(2)
     command = [sys.executable, "-m", "tlearn", "fit", str(data), "--models-dir", str(models), "--strategy",
-               "multi-worker", *FAST_FIT]
+               "multi-worker", *FAST_FIT, "--epochs", "20", "--patience", "20", "--lr", "0.006"]
     workers = _run_workers(
         [command, command],
         [_environment(TF_CONFIG=_tf_config(ports, index), TLEARN_WORKER_TIMEOUT="60") for index in (0, 1)],
