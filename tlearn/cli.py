@@ -14,7 +14,9 @@ import tempfile
 
 import click
 
-from .config import AUGMENT_STRENGTHS, DEFAULT_MODELS_DIR, MIXED_PRECISION_MODES, PREPROCESS_MODES, FinetuneConfig, FitConfig
+from .config import (
+    AUGMENT_STRENGTHS, DEFAULT_MODELS_DIR, MIXED_PRECISION_MODES, PREPROCESS_MODES, STRATEGIES, FinetuneConfig, FitConfig,
+)
 from .errors import TlearnError
 
 FIT, FINETUNE = FitConfig(), FinetuneConfig()
@@ -87,6 +89,14 @@ def _models_dir_option(function):
     )(function)
 
 
+def _strategy_option(default: str):
+    return click.option(
+        "--strategy", type=click.Choice(STRATEGIES), default=default, show_default=True,
+        help="tf.distribute strategy: auto = mirrored over 2+ GPUs, else one device; multi-worker reads "
+             "$TF_CONFIG (run the same command on every worker; --batch-size is the global batch).",
+    )
+
+
 def _print_skipped(skipped) -> None:
     for item in skipped:
         click.echo(f"Warning: skipped {item.path}: {item.reason}", err=True)
@@ -114,6 +124,7 @@ def _print_skipped(skipped) -> None:
 @click.option("--dense-units", type=int, default=FIT.dense_units, show_default=True, help="Width of the head's hidden layer.")
 @click.option("--dropout", type=float, default=FIT.dropout, show_default=True)
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_MODES), default=FIT.mixed_precision, show_default=True, help="float16 compute: auto = on when a GPU is visible.")
+@_strategy_option(FIT.strategy)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activations are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
 @_progress_flag
 def fit(data_dir, out, models_dir, weights, preprocess, cache_dir, progress, **settings):
@@ -148,6 +159,7 @@ def fit(data_dir, out, models_dir, weights, preprocess, cache_dir, progress, **s
 @click.option("--lr", type=float, default=FINETUNE.lr, show_default=True, help="Adam learning rate; keep it small to keep the pretrained features.")
 @click.option("--views", type=int, help="Views per training image, augmented with the run's --augment strength (each extra view costs a pass to the cut). [default: the run's]")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_MODES), default=FINETUNE.mixed_precision, show_default=True)
+@_strategy_option(FINETUNE.strategy)
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Where the run's dataset is now, if it moved.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activations are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
 @_progress_flag
@@ -217,7 +229,7 @@ def _print_run_summary(result) -> None:
         f"{result.stage}: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test images, "
         f"{len(result.skipped)} skipped, {result.wall_seconds:.0f} s"
     )
-    click.echo(f"Run: {result.run_dir}")
+    click.echo(f"Run: {result.run_dir}" if result.run_dir is not None else "Run: written by the chief worker")
     click.echo(f"Test accuracy: {result.test_accuracy:.4f}")
 
 

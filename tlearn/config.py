@@ -9,11 +9,17 @@ from pathlib import Path
 WEIGHTS_ENV = "TLEARN_WEIGHTS"
 PREPROCESS_ENV = "TLEARN_PREPROCESS"
 CACHE_ENV = "TLEARN_CACHE_DIR"
+WORKER_TIMEOUT_ENV = "TLEARN_WORKER_TIMEOUT"
 
 DEFAULT_MODELS_DIR = "models"
 AUGMENT_STRENGTHS = ("none", "light", "medium", "strong")
 PREPROCESS_MODES = ("caffe", "torch")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
+STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
+# How long a worker waits for its peers, at start-up and in each collective op, before it
+# gives up. Generous, because a worker whose activations are already cached waits for the
+# others to finish embedding; a worker that crashes is noticed at once anyway.
+DEFAULT_WORKER_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class FitConfig:
     near_threshold: int = 24
     keep_cross_class_duplicates: bool = False
     mixed_precision: str = "auto"
+    # auto = MirroredStrategy over 2+ GPUs, else one device; multi-worker reads $TF_CONFIG.
+    strategy: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class FinetuneConfig:
     # overfit a small set quickly, so augmented views help here more than in fit.
     views: int | None = None
     mixed_precision: str = "auto"
+    strategy: str = "auto"
 
 
 def default_weights() -> str:
@@ -70,3 +79,8 @@ def default_preprocess() -> str:
 def default_cache_root() -> Path:
     """Activation and check caches: $TLEARN_CACHE_DIR or ~/.cache/tlearn. Safe to delete."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tlearn")
+
+
+def default_worker_timeout() -> float:
+    """Seconds a worker waits for its peers: $TLEARN_WORKER_TIMEOUT or 1800."""
+    return float(os.environ.get(WORKER_TIMEOUT_ENV) or DEFAULT_WORKER_TIMEOUT_SECONDS)

@@ -8,6 +8,7 @@ trains the head; finetune cuts lower and trains the top blocks with the head.
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,11 +19,14 @@ import sklearn
 import tensorflow as tf
 
 from . import __version__
-from .activations import CachedActivations, compute_activations
+from .activations import compute_activations
 from .augment import build_augmenter, write_augmentation_preview
 from .config import DEFAULT_MODELS_DIR, FinetuneConfig, FitConfig
 from .dataset import ImageRecord, SkippedFile, scan_folder
 from .check import format_check
+from .distribute import (
+    Cluster, failed_anywhere, fittable, make_cluster, predict_sharded, replica_embedder, sharded_batches,
+)
 from .errors import TlearnError
 from .images import UnreadableImage, load_rgb
 from .export import MODEL_FILE, SAVED_MODEL, export_classifier
@@ -33,7 +37,7 @@ from .report import classification_metrics, write_evaluation, write_history
 from .runs import (
     METADATA, publish_new_run, read_metadata, replace_stage_artifacts, resolve_run, staging_dir, write_json,
 )
-from .training import train_top
+from .training import balanced_class_weights, train_top
 from .split import SUBSETS, check_fractions, read_split_csv, split_records, write_split_csv
 from .weights import resolve_weights, weights_identity
 
@@ -45,9 +49,12 @@ STAGE_ARTIFACTS = [SAVED_MODEL, MODEL_FILE, REPORT_DIR]
 
 @dataclass
 class RunResult:
-    """What a training command produced: where the run is and how well the model does."""
+    """What a training command produced: where the run is and how well the model does.
 
-    run_dir: Path
+    `run_dir` is None on a multi-worker worker other than the chief: only the chief writes.
+    """
+
+    run_dir: Path | None
     stage: str
     test_accuracy: float
     metrics: dict
@@ -96,6 +103,7 @@ def fit(
     if out is not None and Path(out).exists() and any(Path(out).iterdir()):
         raise TlearnError(f"--out {out} already exists and is not empty: choose another --out or remove it")
     weights, preprocess = resolve_weights(weights, preprocess)
+    cluster = make_cluster(config.strategy)  # before anything runs TensorFlow: multi-worker needs that
     augmenter = build_augmenter(config.augment, config.seed) if config.views > 1 or config.preview_augment else None
     policy = apply_precision_policy(config.mixed_precision)
 
@@ -105,22 +113,25 @@ def fit(
     )
     subsets = split_records(scanned.records, config.val_split, config.test_split, config.seed)
     keras.utils.set_random_seed(config.seed)
-    model = build_classifier(
-        scanned.class_names, config.image_size, weights, preprocess, config.dense_units, config.dropout
-    )
+    with cluster.scope():  # variables must be created under the strategy that trains them
+        model = build_classifier(
+            scanned.class_names, config.image_size, weights, preprocess, config.dense_units, config.dropout
+        )
     identity = weights_identity(weights, config.seed)
     cut = cut_layer_name(model, 0)
     cache = activation_cache(
         identity, preprocess, config.image_size, cut, policy, f"{config.augment}-seed{config.seed}", cache_dir
     )
     outcome = _train_stage(
-        model, cut, cache, subsets, scanned.class_names, views=config.views, augmenter=augmenter,
+        model, cut, cache, subsets, scanned.class_names, cluster, views=config.views, augmenter=augmenter,
         epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
         seed=config.seed, progress=progress,
     )
     skipped = scanned.skipped + outcome.skipped
     wall = time.monotonic() - started
-    stage = _stage_record("fit", {**asdict(config), "cut_layer": cut}, outcome, wall, policy)
+    if not cluster.is_chief:
+        return _leave_writing_to_chief(model, scanned.class_names, "fit", outcome, skipped, wall)
+    stage = _stage_record("fit", {**asdict(config), "cut_layer": cut}, outcome, wall, policy, cluster)
     metadata = {
         "tlearn_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -180,6 +191,7 @@ def finetune(
     started = time.monotonic()
     config = _make_config(FinetuneConfig, settings)
     _check_positive(config, ("unfreeze", "epochs", "batch_size", "views"))
+    cluster = make_cluster(config.strategy)  # before anything runs TensorFlow: multi-worker needs that
     run = resolve_run(run_dir, models_dir)
     metadata = read_metadata(run)
     class_names = metadata["class_names"]
@@ -194,12 +206,13 @@ def finetune(
     policy = apply_precision_policy(config.mixed_precision)
     seed = metadata["split"]["seed"]
     keras.utils.set_random_seed(seed)
-    model = rebuild_model(run, metadata)
+    with cluster.scope():  # variables must be created under the strategy that trains them
+        model = rebuild_model(run, metadata)
     cut = cut_layer_name(model, config.unfreeze)
     set_trainable_top(model, config.unfreeze)
     views = config.views or metadata["views"]
     outcome = _train_stage(
-        model, cut, run_activation_cache(metadata, cut, policy, cache_dir), subsets, class_names,
+        model, cut, run_activation_cache(metadata, cut, policy, cache_dir), subsets, class_names, cluster,
         views=views, augmenter=build_augmenter(metadata["augment"], seed) if views > 1 else None,
         epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
         seed=seed, progress=progress,
@@ -207,7 +220,9 @@ def finetune(
     stage_names = [stage["name"] for stage in metadata["stages"]]
     name = "finetune" if "finetune" not in stage_names else f"finetune-{len(stage_names)}"
     wall = time.monotonic() - started
-    stage = _stage_record(name, {**asdict(config), "cut_layer": cut}, outcome, wall, policy)
+    if not cluster.is_chief:
+        return _leave_writing_to_chief(model, class_names, name, outcome, outcome.skipped, wall)
+    stage = _stage_record(name, {**asdict(config), "cut_layer": cut}, outcome, wall, policy, cluster)
 
     with staging_dir(run) as staging:
         export_classifier(model, class_names, staging)
@@ -223,39 +238,77 @@ def finetune(
 
 
 def _train_stage(
-    model, cut, cache, subsets, class_names, *, views, augmenter, epochs, patience, batch_size, lr, seed, progress,
+    model, cut, cache, subsets, class_names, cluster: Cluster, *, views, augmenter, epochs, patience, batch_size, lr,
+    seed, progress,
 ) -> _StageOutcome:
-    """Cache activations at `cut` for every split image, then train everything above it."""
-    extractor = feature_extractor(model, cut)
-    skipped = compute_activations(
-        extractor, subsets["train"], cache, views, augmenter, batch_size, progress, "embedding train"
-    )
-    skipped += compute_activations(
-        extractor, subsets["validation"] + subsets["test"], cache, 1, None, batch_size, progress,
-        "embedding validation+test",
-    )
-    if skipped:
-        failed = {item.path for item in skipped}
-        subsets = {name: [r for r in records if r.path not in failed] for name, records in subsets.items()}
-        for name in SUBSETS:
-            if not subsets[name]:
-                raise TlearnError(f"no decodable images left in the {name} split: see the skipped files")
+    """Cache activations at `cut` for the split images, then train everything above it.
 
-    top = trainable_top(model, cut)
-    train = CachedActivations(cache, subsets["train"], class_names, batch_size, views, shuffle=True, seed=seed)
-    validation = CachedActivations(cache, subsets["validation"], class_names, batch_size)
-    history, best_epoch = train_top(top, train, validation, epochs, patience, lr, progress)
-    test = CachedActivations(cache, subsets["test"], class_names, batch_size)
-    probabilities = top.predict(test, verbose=0)
-    metrics = classification_metrics(test.labels, probabilities, class_names)
+    Under several workers each embeds, trains on and predicts its own share of every subset
+    (see distribute.py); failures and test predictions are gathered, so all end the same.
+    """
+    with cluster.scope():
+        extractor = feature_extractor(model, cut)
+        embed = replica_embedder(cluster, extractor)
+        skipped = compute_activations(
+            extractor, cluster.shard(subsets["train"]), cache, views, augmenter, batch_size, progress,
+            "embedding train", embed,
+        )
+        skipped += compute_activations(
+            extractor, cluster.shard(subsets["validation"]) + cluster.shard(subsets["test"]), cache, 1, None,
+            batch_size, progress, "embedding validation+test", embed,
+        )
+        everything = [record for name in SUBSETS for record in subsets[name]]
+        failed = failed_anywhere(cluster, everything, {item.path for item in skipped})
+        if failed:
+            # Decoding the files that failed on other workers once more gives their reasons here.
+            elsewhere = failed - {item.path for item in skipped}
+            others = list({r.path: r for r in everything if r.path in elsewhere}.values())
+            skipped += compute_activations(extractor, others, cache, 1, None, batch_size, False, embed=embed)
+            subsets = {name: [r for r in records if r.path not in failed] for name, records in subsets.items()}
+            for name in SUBSETS:
+                if not subsets[name]:
+                    raise TlearnError(f"no decodable images left in the {name} split: see the skipped files")
+
+    top = fittable(cluster, model, cut)
+    with cluster.scope():
+        labels = {name: np.array([class_names.index(r.label) for r in subsets[name]]) for name in SUBSETS}
+        class_weights = balanced_class_weights(labels["train"], len(class_names))
+        shape = tuple(top.input_shape[1:])
+        train, steps = sharded_batches(
+            cluster, cache, subsets["train"], labels["train"], shape, batch_size,
+            sample_weights=np.array([class_weights[label] for label in labels["train"]]),
+            views=views, shuffle=True, seed=seed,
+        )
+        validation, validation_steps = sharded_batches(
+            cluster, cache, subsets["validation"], labels["validation"], shape, batch_size
+        )
+        history, best_epoch = train_top(
+            top, train, validation, epochs, patience, lr, progress,
+            steps_per_epoch=steps, validation_steps=validation_steps,
+        )
+        probabilities = predict_sharded(cluster, top, cache, subsets["test"], class_names, batch_size)
+    metrics = classification_metrics(labels["test"], probabilities, class_names)
+    skipped = sorted(skipped, key=lambda item: str(item.path))
     return _StageOutcome(history, best_epoch, metrics, subsets, skipped)
 
 
-def _stage_record(name: str, settings: dict, outcome: _StageOutcome, wall: float, policy: str) -> dict:
+def _leave_writing_to_chief(model, class_names, stage, outcome: _StageOutcome, skipped, wall: float) -> RunResult:
+    """A worker other than the chief exports into a temporary folder it removes at once.
+
+    TensorFlow asks every worker to save, since saving may involve collective ops.
+    """
+    with tempfile.TemporaryDirectory(prefix="tlearn-worker-") as scratch:
+        export_classifier(model, class_names, Path(scratch))
+    sizes = {name: len(outcome.subsets[name]) for name in SUBSETS}
+    return RunResult(None, stage, outcome.metrics["accuracy"], outcome.metrics, sizes, skipped, wall)
+
+
+def _stage_record(name: str, settings: dict, outcome: _StageOutcome, wall: float, policy: str, cluster) -> dict:
     return {
         "name": name,
         "settings": settings,
         "precision_policy": policy,
+        "distribution": cluster.record(),  # what --strategy resolved to: strategy, replicas, workers
         "epochs_run": len(outcome.history["loss"]),
         "best_epoch": outcome.best_epoch,
         "history": outcome.history,

@@ -7,8 +7,6 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from .activations import CachedActivations
-
 
 class EpochProgress(keras.callbacks.Callback):
     """A tqdm bar per epoch over its batches, with loss and accuracy as it goes."""
@@ -32,7 +30,8 @@ class EpochProgress(keras.callbacks.Callback):
 
 def _rounded(logs) -> dict[str, str]:
     shown = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
-    return {short: f"{float(logs[key]):.3f}" for key, short in shown.items() if logs and key in logs}
+    # np.mean: under multi-worker, step logs have shape [1] (see distribute.fittable)
+    return {short: f"{float(np.mean(logs[key])):.3f}" for key, short in shown.items() if logs and key in logs}
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -45,16 +44,22 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
 
 def train_top(
     top: keras.Model,
-    train: CachedActivations,
-    validation: CachedActivations,
+    train,
+    validation,
     epochs: int,
     patience: int,
     lr: float,
     progress: bool = True,
+    *,
+    steps_per_epoch: int | None = None,
+    validation_steps: int | None = None,
 ) -> tuple[dict[str, list[float]], int]:
-    """Adam, class weights from the training split, best validation loss restored at the end.
+    """Adam, best validation loss restored at the end; call it in the strategy's scope.
 
-    Returns the per-epoch history and the (1-based) epoch whose weights were kept.
+    `train` yields (activations, labels, sample weights) and `validation` (activations,
+    labels): datasets, distributed ones included, or PyDatasets. The class weights are
+    in the sample weights, because Keras cannot apply `class_weight` to a distributed
+    dataset. Returns the per-epoch history and the (1-based) epoch whose weights were kept.
     """
     top.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
@@ -66,7 +71,9 @@ def train_top(
         train,
         validation_data=validation,
         epochs=epochs,
-        class_weight=balanced_class_weights(train.labels, top.output_shape[-1]),
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        shuffle=False,  # the datasets reshuffle themselves, per worker
         callbacks=[stopper, EpochProgress(epochs, progress)],
         verbose=0,
     )
