@@ -185,8 +185,12 @@ def _killed_unless_done_within(seconds: float, message: str) -> Iterator[None]:
 def replica_embedder(cluster: Cluster, extractor: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     """A function running `extractor` on a batch of pixels, split across the local replicas."""
     count = cluster.local_replicas
-    if count == 1:
+    if count == 1 and cluster.workers == 1:
         return extractor.predict_on_batch  # a compiled graph: faster than an eager call
+    if count == 1:
+        # Under multi-worker, Keras's predict_on_batch would run a distributed step across the
+        # workers; this worker must embed only its own batch.
+        return lambda pixels: keras.ops.convert_to_numpy(extractor(pixels, training=False))
     strategy = cluster.strategy
 
     @tf.function(reduce_retracing=True)
