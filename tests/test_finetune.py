@@ -47,6 +47,7 @@ def test_split_is_kept_and_both_stages_are_recorded(finetuned):
     meta = json.loads((run / "tlearn.json").read_text())
     assert [stage["name"] for stage in meta["stages"]] == ["fit", "finetune"]
     assert meta["stages"][1]["settings"]["unfreeze"] == 4
+    assert meta["stages"][1]["settings"]["views"] == 3  # augmented views by default when fine-tuning
     assert meta["stages"][1]["settings"]["cut_layer"] == "block4_pool"
     assert meta["stages"][0]["artifacts"] == "stages/fit"
     assert "finetune:" in output and "Test accuracy:" in output

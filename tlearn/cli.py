@@ -157,7 +157,7 @@ def fit(data_dir, out, models_dir, weights, preprocess, cache_dir, progress, **s
 @click.option("--patience", type=int, default=FINETUNE.patience, show_default=True)
 @click.option("--batch-size", type=int, default=FINETUNE.batch_size, show_default=True)
 @click.option("--lr", type=float, default=FINETUNE.lr, show_default=True, help="Adam learning rate; keep it small to keep the pretrained features.")
-@click.option("--views", type=int, help="Views per training image, augmented with the run's --augment strength (each extra view costs a pass to the cut). [default: the run's]")
+@click.option("--views", type=int, default=FINETUNE.views, show_default=True, help="Views per training image: the plain one plus augmented copies (the run's --augment strength); each costs one pass to the cut. Unfrozen layers overfit without them.")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_MODES), default=FINETUNE.mixed_precision, show_default=True)
 @_strategy_option(FINETUNE.strategy)
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Where the run's dataset is now, if it moved.")

@@ -210,10 +210,9 @@ def finetune(
         model = rebuild_model(run, metadata)
     cut = cut_layer_name(model, config.unfreeze)
     set_trainable_top(model, config.unfreeze)
-    views = config.views or metadata["views"]
     outcome = _train_stage(
         model, cut, run_activation_cache(metadata, cut, policy, cache_dir), subsets, class_names, cluster,
-        views=views, augmenter=build_augmenter(metadata["augment"], seed) if views > 1 else None,
+        views=config.views, augmenter=build_augmenter(metadata["augment"], seed) if config.views > 1 else None,
         epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
         seed=seed, progress=progress,
     )
@@ -348,7 +347,7 @@ def _make_config(config_class, settings: dict):
 def _check_positive(config, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(config, name)
-        if value is not None and value < 1:  # None: the run's own value
+        if value < 1:
             raise TlearnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
