@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .check import visible_files
 from .config import DEFAULT_MODELS_DIR
 from .errors import TlearnError
 from .export import LABELS_FILE, SAVED_MODEL, SERVING_INPUT, load_serving_function
@@ -37,11 +38,7 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found.extend(
-                p for p in sorted(path.rglob("*"))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and _looks_like_image(p)
-            )
+            found.extend(p for p in visible_files(path) if _looks_like_image(p))
         elif not path.exists() and glob.has_magic(text):
             found.extend(Path(p) for p in sorted(glob.glob(text, recursive=True)) if Path(p).is_file())
         else:
