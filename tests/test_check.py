@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASS_COLOURS, make_class_folders, run_cli, solid_image
+from conftest import make_class_folders, run_cli
 from tlearn.check import check_folder
 from tlearn.dataset import scan_folder
 from tlearn.split import split_records

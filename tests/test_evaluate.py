@@ -2,7 +2,6 @@ import csv
 import json
 import shutil
 
-import pytest
 
 from conftest import make_class_folders, run_cli, solid_image
 

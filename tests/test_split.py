@@ -5,7 +5,7 @@ import pytest
 
 from tlearn.dataset import ImageRecord
 from tlearn.errors import TlearnError
-from tlearn.split import SUBSETS, read_split_csv, split_records, write_split_csv
+from tlearn.split import read_split_csv, split_records, write_split_csv
 
 
 def records_with_duplicates(per_class=40):

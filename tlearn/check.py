@@ -189,7 +189,7 @@ def check_folder(
     exact = [paths for paths in by_hash.values() if len(paths) > 1]
     across = [paths for paths in exact if len({labels[p] for p in paths}) > 1]
     within = [paths for paths in exact if len({labels[p] for p in paths}) == 1]
-    near = _near_duplicate_groups(usable, facts, labels, near_threshold) if near_threshold >= 0 else []
+    near = _near_duplicate_groups(usable, facts, near_threshold) if near_threshold >= 0 else []
 
     counts = {folder.name: 0 for folder in folders}
     for path in usable:
@@ -216,7 +216,7 @@ def _conversion(fact: FileFacts) -> str | None:
     return ", ".join(notes) or None
 
 
-def _near_duplicate_groups(paths, facts, labels, threshold: int) -> list[list[Path]]:
+def _near_duplicate_groups(paths, facts, threshold: int) -> list[list[Path]]:
     """Groups of different files showing the same picture (resized, re-encoded, cropped)."""
     if len(paths) < 2:
         return []

@@ -30,7 +30,7 @@ from .distribute import (
 from .errors import TlearnError
 from .images import UnreadableImage, load_rgb
 from .export import MODEL_FILE, SAVED_MODEL, export_classifier
-from .model import build_classifier, cut_layer_name, feature_extractor, set_trainable_top, trainable_top
+from .model import build_classifier, cut_layer_name, feature_extractor, set_trainable_top
 from .precision import apply_precision_policy
 from .restore import activation_cache, rebuild_model, run_activation_cache
 from .report import classification_metrics, write_evaluation, write_history
