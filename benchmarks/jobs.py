@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import tlearn
 from tlearn.activations import ActivationCache, compute_activations
+from tlearn.config import FinetuneConfig
 from tlearn.dataset import ImageRecord
 from tlearn.fitting import SPLIT_FILE
 from tlearn.images import load_rgb
@@ -125,7 +126,9 @@ def naive_finetune(spec: dict) -> dict:
     labels = np.concatenate([y for _, y in datasets["train"]])
     # Class weights as tlearn's finetune uses them, so only the pipeline differs.
     weights = balanced_class_weights(labels, len(class_names))
-    accuracy = _train_and_test(model, datasets, spec["finetune_epochs"], lr=1e-5, class_weight=weights)
+    accuracy = _train_and_test(
+        model, datasets, spec["finetune_epochs"], lr=FinetuneConfig().lr, class_weight=weights
+    )
     return {**_timed(time.perf_counter() - started, accuracy, datasets), "left_out": left_out}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tlearn.config import FinetuneConfig
+
 GIB = 1024**3
 
 # (job, what it is, what is timed); in the order the jobs run.
@@ -116,7 +118,7 @@ def _notes(results: dict, settings: dict) -> list[str]:
         f"tlearn's head (Dense 256, ReLU, Dropout 0.5, softmax) and the weights' ({settings['preprocess']}) "
         "preprocessing.",
         "- The naive fine-tune starts from the fit run's weights, as `tlearn finetune` does (on a copy of the run), "
-        "with Adam at 1e-5. `tlearn finetune` (its defaults: 3 views of each training image, the plain one and 2 "
+        f"with Adam at tlearn's fine-tune learning rate ({FinetuneConfig().lr:g}). `tlearn finetune` (its defaults: 3 views of each training image, the plain one and 2 "
         "augmented) caches block4_pool activations of every image and view once, then trains block5 + head on "
         "them; its advantage grows with the epochs, and `--views 1` trades accuracy for about twice the speed.",
         "- Accuracies on a few test images are noisy: one image is "
