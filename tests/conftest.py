@@ -5,6 +5,7 @@ Everything runs real TensorFlow on random-weight VGG16 at 32 px: fast, no downlo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -78,6 +79,12 @@ def dataset_dir(tmp_path_factory) -> Path:
     root = make_class_folders(tmp_path_factory.mktemp("data") / "colours")
     add_odd_files(root)
     return root
+
+
+def cached_activation_files(cache_dir: Path, cut: str) -> list[Path]:
+    """Every activation file cached at base layer `cut` under `cache_dir`, sorted."""
+    folders = [key.parent for key in Path(cache_dir).glob("*/config.json") if json.loads(key.read_text())["cut"] == cut]
+    return sorted(path for folder in folders for path in folder.rglob("*.npy"))
 
 
 FAST_FIT = ["--weights", "none", "--image-size", "32", "--epochs", "40", "--patience", "40",

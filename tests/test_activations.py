@@ -3,12 +3,15 @@ import shutil
 import keras
 import numpy as np
 import pytest
+from tqdm.auto import tqdm
 
 from conftest import make_class_folders
+from tlearn import activations
 from tlearn.activations import ActivationCache, CachedActivations, compute_activations
 from tlearn.dataset import scan_folder
 from tlearn.model import build_classifier, cut_layer_name, feature_extractor, trainable_top
 
+BOTH_CUTS = ["block5_pool", "block4_pool"]  # fit's cut and, from the same pass, finetune's
 IDENTITY = {"weights": "random-seed-0", "preprocess": "caffe", "image_size": 32, "policy": "float32"}
 
 
@@ -77,3 +80,40 @@ def test_undecodable_images_are_returned_not_raised(model, folder, tmp_path):
     skipped = compute_activations(feature_extractor(model, "block5_pool"), folder.records, cache, progress=False)
     assert [item.path for item in skipped] == [broken]
     assert not cache.has(folder.records[2].sha256, 0)
+
+
+def test_one_pass_fills_each_cache_only_where_it_lacks_the_entry(model, folder, tmp_path, monkeypatch):
+    top, below = (ActivationCache.for_config(tmp_path / "cache", cut=cut, **IDENTITY) for cut in BOTH_CUTS)
+    records = folder.records  # 9 images
+    compute_activations(feature_extractor(model, "block5_pool"), records, top, progress=False)
+    compute_activations(feature_extractor(model, "block4_pool"), records[:4], below, progress=False)
+    stamps = {path: path.stat().st_mtime_ns for cache in (top, below) for path in cache.folder.rglob("*.npy")}
+    extractor = feature_extractor(model, BOTH_CUTS)
+    embedded = []
+
+    def counting_embed(pixels):
+        embedded.append(len(pixels))
+        return extractor.predict_on_batch(pixels)
+
+    bars = []
+
+    class RecordedBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(activations, "tqdm", RecordedBar)
+    compute_activations(extractor, records, [top, below], batch_size=4, embed=counting_embed)
+    assert sum(embedded) == 5  # only the images `below` lacked
+    assert [(bar.total, bar.n) for bar in bars] == [(5, 5)]  # one bar, one step per image and view
+    assert all(below.has(r.sha256, 0) for r in records)
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # nothing rewritten
+
+    compute_activations(extractor, records, [top, below], embed=counting_embed, progress=False)
+    assert sum(embedded) == 5  # both complete: nothing to embed
+
+
+def test_caches_must_match_the_extractors_outputs(model, folder, tmp_path):
+    cache = ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY)
+    with pytest.raises(ValueError, match=r"one cache per output of the extractor \(2\), got 1"):
+        compute_activations(feature_extractor(model, BOTH_CUTS), folder.records, [cache], progress=False)

@@ -3,13 +3,16 @@ import json
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FAST_FIT, make_class_folders, run_cli
+from conftest import FAST_FIT, cached_activation_files, make_class_folders, run_cli
 from tlearn.images import load_rgb
+from tlearn.model import feature_extractor
 from tlearn.prediction import predict
+from tlearn.restore import run_activation_cache
 
 RUN_FILES = [
     "saved_model/saved_model.pb", "model.keras", "labels.txt", "tlearn.json", "split.csv",
@@ -120,3 +123,74 @@ def test_offline_imagenet_download_is_a_clear_error(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "could not download Keras's ImageNet VGG16 weights" in result.output
     assert "--weights PATH" in result.output
+
+
+# fit also caches the activations at finetune's default cut (block4_pool) from its own pass.
+
+QUICK_FIT = [*FAST_FIT, "--epochs", "1", "--patience", "1", "--val-split", "0.25", "--test-split", "0.25"]
+
+
+def cached_entries(cache_dir: Path, cut: str) -> dict[Path, int]:
+    """Every activation file cached at layer `cut` under `cache_dir`, with its mtime."""
+    return {path: path.stat().st_mtime_ns for path in cached_activation_files(cache_dir, cut)}
+
+
+def split_rows(run_dir: Path) -> list[dict]:
+    return [row for row in csv.DictReader(open(run_dir / "split.csv")) if row["subset"] != "skipped"]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("small") / "colours", per_class=4)
+
+
+def fit_with_own_cache(data: Path, tmp_path: Path, *options: str) -> tuple[Path, Path]:
+    """(run directory, cache folder) of a quick fit whose activations go to a fresh cache."""
+    cache = tmp_path / "cache"
+    result = run_cli("fit", data, "--out", tmp_path / "run", "--cache-dir", cache, *QUICK_FIT, *options)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "run", cache
+
+
+def test_finetune_after_fit_embeds_nothing_again(small_data, tmp_path):
+    run, cache = fit_with_own_cache(small_data, tmp_path)
+    after_fit = cached_entries(cache, "block4_pool")
+    assert {path.name for path in after_fit} == {f"{row['sha256']}-plain.npy" for row in split_rows(run)}
+    assert json.loads((run / "tlearn.json").read_text())["stages"][0]["settings"]["finetune_cache"] is True
+
+    result = run_cli("finetune", run, "--unfreeze", "4", "--views", "1", "--epochs", "1", "--cache-dir", cache,
+                     "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert cached_entries(cache, "block4_pool") == after_fit  # no new file, none rewritten
+
+
+def test_fit_caches_for_finetune_what_the_extractor_computes(small_data, tmp_path):
+    run, cache_dir = fit_with_own_cache(small_data, tmp_path)
+    metadata = json.loads((run / "tlearn.json").read_text())
+    cache = run_activation_cache(metadata, "block4_pool", "float32", cache_dir)  # where finetune looks
+    rows = split_rows(run)
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    pixels = np.stack([load_rgb(Path(metadata["data_dir"]) / row["path"], 32) for row in rows]).astype("float32")
+    expected = feature_extractor(model, "block4_pool").predict(pixels, verbose=0)
+    cached = np.stack([cache.load(row["sha256"], 0) for row in rows]).astype("float32")
+    assert cached.shape == expected.shape == (len(rows), 2, 2, 512)
+    # float16 storage is the only difference
+    np.testing.assert_allclose(cached, expected, rtol=2e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_no_finetune_cache_stores_only_fits_own_cut(small_data, tmp_path):
+    run, cache = fit_with_own_cache(small_data, tmp_path, "--no-finetune-cache")
+    assert cached_entries(cache, "block4_pool") == {}
+    assert len(cached_entries(cache, "block5_pool")) == len(split_rows(run))
+    assert json.loads((run / "tlearn.json").read_text())["stages"][0]["settings"]["finetune_cache"] is False
+
+
+def test_augmented_views_of_fit_serve_finetune_too(small_data, tmp_path):
+    run, cache = fit_with_own_cache(small_data, tmp_path, "--views", "2")
+    after_fit = cached_entries(cache, "block4_pool")
+    train = [row for row in split_rows(run) if row["subset"] == "train"]
+    assert sum(path.name.endswith("-v1.npy") for path in after_fit) == len(train)
+
+    result = run_cli("finetune", run, "--views", "2", "--epochs", "1", "--cache-dir", cache, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert cached_entries(cache, "block4_pool") == after_fit

@@ -43,6 +43,20 @@ def test_cached_split_equals_the_whole_model(classifier):
         np.testing.assert_allclose(split, classifier(pixels), rtol=1e-5, atol=1e-6)
 
 
+def test_one_extractor_gives_several_cuts_in_the_order_asked(classifier):
+    pixels = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    cuts = ["block5_pool", "block3_pool"]
+    together = feature_extractor(classifier, cuts)(pixels)
+    assert len(together) == 2
+    for cut, activations in zip(cuts, together):
+        np.testing.assert_allclose(activations, feature_extractor(classifier, cut)(pixels), rtol=1e-5, atol=1e-6)
+
+
+def test_extractor_rejects_a_cut_the_base_lacks(classifier):
+    with pytest.raises(ValueError, match="cut must name layers of the base .*got 'block9_pool'"):
+        feature_extractor(classifier, ["block5_pool", "block9_pool"])
+
+
 @pytest.mark.parametrize("unfreeze, cut", [(0, "block5_pool"), (4, "block4_pool"), (8, "block3_pool")])
 def test_cut_layer_counts_from_the_top(classifier, unfreeze, cut):
     assert cut_layer_name(classifier, unfreeze) == cut

@@ -118,6 +118,7 @@ def _print_skipped(skipped) -> None:
 @click.option("--seed", type=int, default=FIT.seed, show_default=True, help="Seeds the split, initialisation and augmentation.")
 @click.option("--views", type=int, default=FIT.views, show_default=True, help="Views per training image: 1 = the plain image, more = add augmented copies (each costs one VGG16 pass).")
 @click.option("--augment", type=click.Choice(AUGMENT_STRENGTHS), default=FIT.augment, show_default=True, help="Strength of the augmentation used for views 2 and up.")
+@click.option("--finetune-cache/--no-finetune-cache", default=FIT.finetune_cache, show_default=True, help="Also cache, from the same pass, the block4_pool activations that `tlearn finetune --unfreeze 4` trains on: it then embeds only the views fit did not (none after fit --views 3). Costs disk: 14x14x512 float16, ~200 KB per image and view at 224 px (4x fit's own cache).")
 @click.option("--preview-augment", is_flag=True, help="Write report/augmentation.png: training images beside augmented samples of them.")
 @click.option("--near-threshold", type=int, default=FIT.near_threshold, show_default=True, help="Near-duplicates (bits of 256 that may differ) share a subset like exact duplicates; -1 = exact duplicates only.")
 @click.option("--keep-cross-class-duplicates", is_flag=True, help="Keep images whose exact copy is filed under another class (left out by default).")

@@ -40,6 +40,10 @@ class FitConfig:
     # cached. 1 = the plain image only: on a CPU every extra view costs a full VGG16 pass.
     views: int = 1
     augment: str = "medium"
+    # Also cache the activations at finetune's default cut (block4_pool, --unfreeze 4), which
+    # the pass to fit's cut computes anyway: finetune then embeds only the views fit did not
+    # make. Costs disk only: 14x14x512 float16, ~200 KB per image and view at 224 px (4x fit's).
+    finetune_cache: bool = True
     preview_augment: bool = False  # write report/augmentation.png: what the model trains on
     # Near-duplicates (resized, re-encoded, cropped copies) share a subset like exact ones; the
     # threshold is in bits of a 256-bit hash (see check.py), -1 = group exact duplicates only.

@@ -182,28 +182,37 @@ def _killed_unless_done_within(seconds: float, message: str) -> Iterator[None]:
         watchdog.wait()
 
 
-def replica_embedder(cluster: Cluster, extractor: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running `extractor` on a batch of pixels, split across the local replicas."""
+def replica_embedder(
+    cluster: Cluster, extractor: keras.Model
+) -> Callable[[np.ndarray], np.ndarray | list[np.ndarray]]:
+    """A function running `extractor` on a batch of pixels, split across the local replicas.
+
+    It returns what the extractor does: an array, or a list with one array per output.
+    """
     count = cluster.local_replicas
     if count == 1 and cluster.workers == 1:
         return extractor.predict_on_batch  # a compiled graph: faster than an eager call
     if count == 1:
         # Under multi-worker, Keras's predict_on_batch would run a distributed step across the
         # workers; this worker must embed only its own batch.
-        return lambda pixels: keras.ops.convert_to_numpy(extractor(pixels, training=False))
+        return lambda pixels: keras.tree.map_structure(keras.ops.convert_to_numpy, extractor(pixels, training=False))
     strategy = cluster.strategy
 
     @tf.function(reduce_retracing=True)
     def embed_slice(pixels):
         return extractor(pixels, training=False)
 
-    def embed(pixels: np.ndarray) -> np.ndarray:
+    def rows_of_every_replica(per_replica) -> np.ndarray:
+        return np.concatenate([keras.ops.convert_to_numpy(o) for o in strategy.experimental_local_results(per_replica)])
+
+    def embed(pixels: np.ndarray) -> np.ndarray | list[np.ndarray]:
         slices = np.array_split(pixels, count)
         per_replica = strategy.experimental_distribute_values_from_function(
             lambda context: slices[context.replica_id_in_sync_group % count]
         )
+        # One per-replica value per output of the extractor.
         outputs = strategy.run(embed_slice, args=(per_replica,))
-        return np.concatenate([keras.ops.convert_to_numpy(o) for o in strategy.experimental_local_results(outputs)])
+        return keras.tree.map_structure(rows_of_every_replica, outputs)
 
     return embed
 

@@ -2,7 +2,8 @@
 
 Both train only what lies above a cut in the network, on activations that the frozen part
 computed once per image and view (see activations.py): fit cuts at the top of VGG16 and
-trains the head; finetune cuts lower and trains the top blocks with the head.
+trains the head; finetune cuts lower and trains the top blocks with the head. fit's pass
+also stores the activations at finetune's default cut, so that cut is not computed twice.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sklearn
 import tensorflow as tf
 
 from . import __version__
-from .activations import compute_activations
+from .activations import ActivationCache, compute_activations
 from .augment import build_augmenter, write_augmentation_preview
 from .config import DEFAULT_MODELS_DIR, FinetuneConfig, FitConfig
 from .dataset import ImageRecord, SkippedFile, scan_folder
@@ -119,13 +120,20 @@ def fit(
         )
     identity = weights_identity(weights, config.seed)
     cut = cut_layer_name(model, 0)
-    cache = activation_cache(
-        identity, preprocess, config.image_size, cut, policy, f"{config.augment}-seed{config.seed}", cache_dir
-    )
+    augment_key = f"{config.augment}-seed{config.seed}"  # as restore.run_activation_cache keys it for finetune
+    cache = activation_cache(identity, preprocess, config.image_size, cut, policy, augment_key, cache_dir)
+    side_caches: dict[str, ActivationCache] = {}
+    if config.finetune_cache:
+        # finetune's default cut lies on the way to fit's: storing its activations too spares
+        # finetune its own pass through blocks 1-4, VGG16's most expensive part.
+        finetune_cut = cut_layer_name(model, FinetuneConfig().unfreeze)
+        side_caches[finetune_cut] = activation_cache(
+            identity, preprocess, config.image_size, finetune_cut, policy, augment_key, cache_dir
+        )
     outcome = _train_stage(
         model, cut, cache, subsets, scanned.class_names, cluster, views=config.views, augmenter=augmenter,
         epochs=config.epochs, patience=config.patience, batch_size=config.batch_size, lr=config.lr,
-        seed=config.seed, progress=progress,
+        seed=config.seed, progress=progress, side_caches=side_caches,
     )
     skipped = scanned.skipped + outcome.skipped
     wall = time.monotonic() - started
@@ -238,22 +246,26 @@ def finetune(
 
 def _train_stage(
     model, cut, cache, subsets, class_names, cluster: Cluster, *, views, augmenter, epochs, patience, batch_size, lr,
-    seed, progress,
+    seed, progress, side_caches: dict[str, ActivationCache] | None = None,
 ) -> _StageOutcome:
     """Cache activations at `cut` for the split images, then train everything above it.
 
-    Under several workers each embeds, trains on and predicts its own share of every subset
-    (see distribute.py); failures and test predictions are gathered, so all end the same.
+    `side_caches` (cut layer -> cache) are filled in the same pass, for a later stage that
+    cuts lower. Under several workers each embeds, trains on and predicts its own share of
+    every subset (see distribute.py); failures and test predictions are gathered, so all end
+    the same.
     """
+    side_caches = side_caches or {}
+    caches = [cache, *side_caches.values()]
     with cluster.scope():
-        extractor = feature_extractor(model, cut)
+        extractor = feature_extractor(model, [cut, *side_caches])
         embed = replica_embedder(cluster, extractor)
         skipped = compute_activations(
-            extractor, cluster.shard(subsets["train"]), cache, views, augmenter, batch_size, progress,
+            extractor, cluster.shard(subsets["train"]), caches, views, augmenter, batch_size, progress,
             "embedding train", embed,
         )
         skipped += compute_activations(
-            extractor, cluster.shard(subsets["validation"]) + cluster.shard(subsets["test"]), cache, 1, None,
+            extractor, cluster.shard(subsets["validation"]) + cluster.shard(subsets["test"]), caches, 1, None,
             batch_size, progress, "embedding validation+test", embed,
         )
         everything = [record for name in SUBSETS for record in subsets[name]]
@@ -262,7 +274,7 @@ def _train_stage(
             # Decoding the files that failed on other workers once more gives their reasons here.
             elsewhere = failed - {item.path for item in skipped}
             others = list({r.path: r for r in everything if r.path in elsewhere}.values())
-            skipped += compute_activations(extractor, others, cache, 1, None, batch_size, False, embed=embed)
+            skipped += compute_activations(extractor, others, caches, 1, None, batch_size, False, embed=embed)
             subsets = {name: [r for r in records if r.path not in failed] for name, records in subsets.items()}
             for name in SUBSETS:
                 if not subsets[name]:

@@ -130,16 +130,27 @@ def set_trainable_top(model: keras.Model, unfreeze: int) -> list[str]:
     return [layer.name for layer in base.layers if layer.trainable and layer.weights]
 
 
-def feature_extractor(model: keras.Model, cut: str) -> keras.Model:
-    """The frozen part: pixels of the training size -> activations of base layer `cut`."""
+def feature_extractor(model: keras.Model, cut: str | list[str]) -> keras.Model:
+    """The frozen part: pixels of the training size -> activations of base layer `cut`.
+
+    With a list of cuts, the model has one output per cut, in that order, all from one pass:
+    the lower cuts are computed on the way to the highest anyway.
+    """
+    cuts = [cut] if isinstance(cut, str) else list(cut)
+    base_layers = base_of(model).layers[1:]  # without the input layer
+    names = [layer.name for layer in base_layers]
+    unknown = [name for name in cuts if name not in names]
+    if unknown:
+        raise ValueError(f"cut must name layers of the base ({', '.join(names)}), got {unknown[0]!r}")
     size = model.get_layer("resize").height
     pixels = keras.Input((size, size, 3), name="pixels")
     x = model.get_layer("preprocess")(pixels)
-    for layer in base_of(model).layers[1:]:
+    output_of = {}
+    for layer in base_layers[: max(names.index(name) for name in cuts) + 1]:
         x = layer(x, training=False)
-        if layer.name == cut:
-            break
-    return keras.Model(pixels, x, name=f"frozen_to_{cut}")
+        output_of[layer.name] = x
+    outputs = output_of[cut] if isinstance(cut, str) else [output_of[name] for name in cuts]
+    return keras.Model(pixels, outputs, name="frozen_to_" + "_and_".join(cuts))
 
 
 def trainable_top(model: keras.Model, cut: str) -> keras.Model:
