@@ -29,6 +29,7 @@ from tlearn.split import SUBSETS, read_split_csv
 from tlearn.training import balanced_class_weights
 
 FIT_RUN = "fit-run"
+FIT_CACHE = "cache-fit"  # the activation cache fit fills and finetune reads, as in a user's
 FINETUNE_RUN = "finetune-run"
 TIMED_PASSES = 2  # rates are the best of two passes over the sample, the same for both rates
 TF_SPLIT = "tf-split"  # class folders of symlinks per subset, for image_dataset_from_directory
@@ -71,19 +72,19 @@ def tlearn_fit(spec: dict) -> dict:
         spec["data_dir"], out=Path(spec["work_dir"]) / FIT_RUN, weights=spec["weights"],
         preprocess=spec["preprocess"], image_size=spec["image_size"], epochs=spec["epochs"],
         patience=spec["epochs"], batch_size=spec["batch_size"], seed=spec["seed"],
-        cache_dir=Path(spec["work_dir"]) / "cache-fit", progress=False,
+        cache_dir=Path(spec["work_dir"]) / FIT_CACHE, progress=False,
     )
     return _run_figures(run, time.perf_counter() - started)
 
 
 def tlearn_finetune(spec: dict) -> dict:
-    """`tlearn.finetune --unfreeze 4` on a copy of the fit run, with a fresh cache."""
+    """`tlearn.finetune --unfreeze 4` on a copy of the fit run, with the cache fit left, as a user's."""
     work = Path(spec["work_dir"])
     shutil.copytree(work / FIT_RUN, work / FINETUNE_RUN)  # the naive fine-tune starts from the same weights
     started = time.perf_counter()
     run = tlearn.finetune(
         work / FINETUNE_RUN, unfreeze=4, epochs=spec["finetune_epochs"], patience=spec["finetune_epochs"],
-        batch_size=spec["batch_size"], cache_dir=work / "cache-finetune", progress=False,
+        batch_size=spec["batch_size"], cache_dir=work / FIT_CACHE, progress=False,
     )
     return _run_figures(run, time.perf_counter() - started)
 

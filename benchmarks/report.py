@@ -12,7 +12,7 @@ JOB_ROWS = [
     ("tlearn_embedding", "tlearn embedding", "`compute_activations` on the same files: decoding and cache writes included"),
     ("tlearn_fit", "tlearn fit", "`tlearn.fit`, fresh cache: scan, split, embed, train, export, report"),
     ("keras_guide", "Keras-guide recipe", "`image_dataset_from_directory`, augmentation, frozen VGG16, `model.fit`, evaluate"),
-    ("tlearn_finetune", "tlearn finetune --unfreeze 4", "`tlearn.finetune`, fresh cache: embed to block4_pool, train, export"),
+    ("tlearn_finetune", "tlearn finetune --unfreeze 4", "`tlearn.finetune` after fit, on fit's cache: embed the augmented views to block4_pool, train, export"),
     ("naive_finetune", "naive end-to-end fine-tune", "augmentation + full VGG16 forward every step, block5 + head trainable"),
 ]
 
@@ -118,9 +118,11 @@ def _notes(results: dict, settings: dict) -> list[str]:
         f"tlearn's head (Dense 256, ReLU, Dropout 0.5, softmax) and the weights' ({settings['preprocess']}) "
         "preprocessing.",
         "- The naive fine-tune starts from the fit run's weights, as `tlearn finetune` does (on a copy of the run), "
-        f"with Adam at tlearn's fine-tune learning rate ({FinetuneConfig().lr:g}). `tlearn finetune` (its defaults: 3 views of each training image, the plain one and 2 "
-        "augmented) caches block4_pool activations of every image and view once, then trains block5 + head on "
-        "them; its advantage grows with the epochs, and `--views 1` trades accuracy for about twice the speed.",
+        f"with Adam at tlearn's fine-tune learning rate ({FinetuneConfig().lr:g}). `tlearn finetune` runs with its "
+        "defaults (3 views of each training image: the plain one and 2 augmented) on the cache `tlearn fit` left, "
+        "as a user's would: fit's pass already stored the plain images' block4_pool activations, so finetune "
+        "embeds the 2 augmented views of each training image to block4_pool, then trains block5 + head on the "
+        "cached activations. Its advantage grows with the epochs; `--views 1` embeds nothing.",
         "- Accuracies on a few test images are noisy: one image is "
         f"{100 / max(1, results['tlearn_fit']['test_images']):.1f} points here.",
     ]
