@@ -33,7 +33,7 @@ from .images import UnreadableImage, load_rgb
 from .export import MODEL_FILE, SAVED_MODEL, export_classifier
 from .model import build_classifier, cut_layer_name, feature_extractor, set_trainable_top
 from .precision import apply_precision_policy
-from .restore import activation_cache, rebuild_model, run_activation_cache
+from .restore import activation_cache, augment_key, rebuild_model, run_activation_cache
 from .report import classification_metrics, write_evaluation, write_history
 from .runs import (
     METADATA, publish_new_run, read_metadata, replace_stage_artifacts, resolve_run, staging_dir, write_json,
@@ -120,15 +120,15 @@ def fit(
         )
     identity = weights_identity(weights, config.seed)
     cut = cut_layer_name(model, 0)
-    augment_key = f"{config.augment}-seed{config.seed}"  # as restore.run_activation_cache keys it for finetune
-    cache = activation_cache(identity, preprocess, config.image_size, cut, policy, augment_key, cache_dir)
+    views_key = augment_key(config.augment, config.seed)
+    cache = activation_cache(identity, preprocess, config.image_size, cut, policy, views_key, cache_dir)
     side_caches: dict[str, ActivationCache] = {}
     if config.finetune_cache:
         # finetune's default cut lies on the way to fit's: storing its activations too spares
         # finetune its own pass through blocks 1-4, VGG16's most expensive part.
         finetune_cut = cut_layer_name(model, FinetuneConfig().unfreeze)
         side_caches[finetune_cut] = activation_cache(
-            identity, preprocess, config.image_size, finetune_cut, policy, augment_key, cache_dir
+            identity, preprocess, config.image_size, finetune_cut, policy, views_key, cache_dir
         )
     outcome = _train_stage(
         model, cut, cache, subsets, scanned.class_names, cluster, views=config.views, augmenter=augmenter,

@@ -38,9 +38,13 @@ def activation_cache(
     return cache.with_augment_key(augment_key)
 
 
+def augment_key(augment: str, seed: int) -> str:
+    """Names a run's augmented views in the cache: fit and finetune must agree on it."""
+    return f"{augment}-seed{seed}"
+
+
 def run_activation_cache(metadata: dict, cut: str, policy: str, cache_dir: str | Path | None = None) -> ActivationCache:
-    seed = metadata["split"]["seed"]
     return activation_cache(
         metadata["weights_identity"], metadata["preprocess"], metadata["image_size"], cut, policy,
-        f"{metadata['augment']}-seed{seed}", cache_dir,
+        augment_key(metadata["augment"], metadata["split"]["seed"]), cache_dir,
     )
