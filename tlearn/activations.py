@@ -165,31 +165,21 @@ def _decode(record: ImageRecord, size: int) -> np.ndarray | SkippedFile:
 
 
 class CachedActivations(keras.utils.PyDataset):
-    """Batches of (activations, class index) streamed from the cache, reshuffled each epoch.
+    """Batches of (activations, class index) of the plain images, in order, read from the cache.
 
-    With several views, each epoch draws one view per image, so the training set stays the
-    size of the split while every view gets used over the epochs.
+    For prediction and evaluation; training batches, shuffled and drawing among the views,
+    come from distribute.sharded_batches.
     """
 
-    def __init__(self, cache, records, class_names, batch_size, views=1, shuffle=False, seed=0):
+    def __init__(self, cache, records, class_names, batch_size):
         super().__init__()
-        self.cache, self.records, self.views = cache, list(records), views
+        self.cache, self.records, self.batch_size = cache, list(records), batch_size
         self.labels = np.array([class_names.index(r.label) for r in self.records])
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = np.arange(len(self.records))
-        self.view_of = np.zeros(len(self.records), dtype=int)
-        self.on_epoch_end()
 
     def __len__(self):
         return -(-len(self.records) // self.batch_size)
 
     def __getitem__(self, index):
-        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        activations = np.stack([self.cache.load(self.records[i].sha256, self.view_of[i]) for i in chosen])
-        return activations.astype(np.float32), self.labels[chosen]
-
-    def on_epoch_end(self):
-        if self.shuffle:
-            self.rng.shuffle(self.order)
-            self.view_of = self.rng.integers(0, self.views, size=len(self.records))
+        chosen = range(index * self.batch_size, min((index + 1) * self.batch_size, len(self.records)))
+        activations = np.stack([self.cache.load(self.records[i].sha256, 0) for i in chosen])
+        return activations.astype(np.float32), self.labels[chosen.start : chosen.stop]

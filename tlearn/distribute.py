@@ -307,7 +307,7 @@ def sharded_batches(
 
     `records`, `labels` (class indices) and `sample_weights` are the whole subset, the same
     on every worker; the dataset reads only this worker's shard. With `shuffle`, each pass
-    reshuffles the shard and draws one view per image, as CachedActivations does. Each
+    reshuffles the shard and draws one view per image, so every view gets used. Each
     element is one replica's slice; with one replica it is a plain tf.data.Dataset.
     """
     owned = np.arange(len(records))[cluster.worker_index :: cluster.workers]
