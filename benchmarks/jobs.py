@@ -17,16 +17,14 @@ import numpy as np
 import tensorflow as tf
 
 import tlearn
-from tlearn.activations import ActivationCache, compute_activations
-from tlearn.config import FinetuneConfig
-from tlearn.dataset import ImageRecord
-from tlearn.fitting import SPLIT_FILE
-from tlearn.images import load_rgb
+from tlearn.data.dataset import ImageRecord
+from tlearn.data.images import load_rgb
+from tlearn.data.split import SUBSETS
 from tlearn.model import ImagePreprocessing, build_classifier, cut_layer_name, feature_extractor, set_trainable_top
-from tlearn.restore import rebuild_model
-from tlearn.runs import read_metadata
-from tlearn.split import SUBSETS, read_split_csv
-from tlearn.training import balanced_class_weights
+from tlearn.run import Run
+from tlearn.settings import FinetuneSettings
+from tlearn.train.activations import ActivationCache, compute_activations
+from tlearn.train.loop import balanced_class_weights
 
 FIT_RUN = "fit-run"
 FIT_CACHE = "cache-fit"  # the activation cache fit fills and finetune reads, as in a user's
@@ -119,7 +117,7 @@ def naive_finetune(spec: dict) -> dict:
     started = time.perf_counter()
     datasets, class_names = _guide_datasets(folders, spec)
     fit_run = Path(spec["work_dir"]) / FIT_RUN
-    classifier = rebuild_model(fit_run, read_metadata(fit_run))
+    classifier = Run.open(fit_run).load_model()
     set_trainable_top(classifier, 4)
     size = spec["image_size"]
     inputs = keras.Input((size, size, 3))
@@ -128,7 +126,7 @@ def naive_finetune(spec: dict) -> dict:
     # Class weights as tlearn's finetune uses them, so only the pipeline differs.
     weights = balanced_class_weights(labels, len(class_names))
     accuracy = _train_and_test(
-        model, datasets, spec["finetune_epochs"], lr=FinetuneConfig().lr, class_weight=weights
+        model, datasets, spec["finetune_epochs"], lr=FinetuneSettings.lr, class_weight=weights
     )
     return {**_timed(time.perf_counter() - started, accuracy, datasets), "left_out": left_out}
 
@@ -218,11 +216,11 @@ def _tf_split_folders(spec: dict) -> tuple[Path, list[str]]:
     left_out_file = folders / "left_out.txt"
     if left_out_file.exists():
         return folders, left_out_file.read_text(encoding="utf-8").splitlines()
-    metadata = read_metadata(work / FIT_RUN)
-    subsets = read_split_csv(work / FIT_RUN / SPLIT_FILE, Path(metadata["data_dir"]))
+    run = Run.open(work / FIT_RUN)
+    subsets = run.read_split()
     left_out = []
     for subset in SUBSETS:
-        for name in metadata["class_names"]:
+        for name in run.class_names:
             (folders / subset / name).mkdir(parents=True, exist_ok=True)
         for record in subsets[subset]:
             if not _tf_decodes(record.path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlearn.config import FinetuneConfig
+from tlearn.settings import FinetuneSettings
 
 GIB = 1024**3
 
@@ -118,7 +118,7 @@ def _notes(results: dict, settings: dict) -> list[str]:
         f"tlearn's head (Dense 256, ReLU, Dropout 0.5, softmax) and the weights' ({settings['preprocess']}) "
         "preprocessing.",
         "- The naive fine-tune starts from the fit run's weights, as `tlearn finetune` does (on a copy of the run), "
-        f"with Adam at tlearn's fine-tune learning rate ({FinetuneConfig().lr:g}). `tlearn finetune` runs with its "
+        f"with Adam at tlearn's fine-tune learning rate ({FinetuneSettings.lr:g}). `tlearn finetune` runs with its "
         "defaults (3 views of each training image: the plain one and 2 augmented) on the cache `tlearn fit` left, "
         "as a user's would: fit's pass already stored the plain images' block4_pool activations, so finetune "
         "embeds the 2 augmented views of each training image to block4_pool, then trains block5 + head on the "

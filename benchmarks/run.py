@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmark the checkout's tlearn, installed or not
 
-from tlearn.dataset import ImageRecord, scan_folder  # noqa: E402  (needs the path above)
+from tlearn.data.dataset import ImageRecord, scan_folder  # noqa: E402  (needs the path above)
 
 import report  # noqa: E402
 

@@ -6,9 +6,10 @@ import pytest
 from tqdm.auto import tqdm
 
 from conftest import make_class_folders
-from tlearn import activations
-from tlearn.activations import ActivationCache, CachedActivations, compute_activations
-from tlearn.dataset import scan_folder
+from tlearn.train import activations
+from tlearn.train.activations import ActivationCache, compute_activations
+from tlearn.train.batches import predict_cached
+from tlearn.data.dataset import scan_folder
 from tlearn.model import build_classifier, cut_layer_name, feature_extractor, trainable_top
 
 BOTH_CUTS = ["block5_pool", "block4_pool"]  # fit's cut and, from the same pass, finetune's
@@ -64,9 +65,8 @@ def test_training_on_cache_matches_the_uncached_model(model, folder, tmp_path):
     cut = cut_layer_name(model, 4)
     cache = ActivationCache.for_config(tmp_path / "cache", cut=cut, **IDENTITY)
     compute_activations(feature_extractor(model, cut), folder.records, cache, progress=False)
-    batches = CachedActivations(cache, folder.records, folder.class_names, batch_size=4)
-    cached = trainable_top(model, cut).predict(batches, verbose=0)
-    from tlearn.images import load_rgb
+    cached = predict_cached(trainable_top(model, cut), cache, folder.records, batch_size=4)
+    from tlearn.data.images import load_rgb
 
     pixels = np.stack([load_rgb(r.path, 32) for r in folder.records]).astype("float32")
     # float16 storage of the activations is the only difference
@@ -90,10 +90,13 @@ def test_one_pass_fills_each_cache_only_where_it_lacks_the_entry(model, folder, 
     stamps = {path: path.stat().st_mtime_ns for cache in (top, below) for path in cache.folder.rglob("*.npy")}
     extractor = feature_extractor(model, BOTH_CUTS)
     embedded = []
+    embed = extractor.predict_on_batch
 
     def counting_embed(pixels):
         embedded.append(len(pixels))
-        return extractor.predict_on_batch(pixels)
+        return embed(pixels)
+
+    extractor.predict_on_batch = counting_embed
 
     bars = []
 
@@ -103,13 +106,13 @@ def test_one_pass_fills_each_cache_only_where_it_lacks_the_entry(model, folder, 
             bars.append(self)
 
     monkeypatch.setattr(activations, "tqdm", RecordedBar)
-    compute_activations(extractor, records, [top, below], batch_size=4, embed=counting_embed)
+    compute_activations(extractor, records, [top, below], batch_size=4)
     assert sum(embedded) == 5  # only the images `below` lacked
     assert [(bar.total, bar.n) for bar in bars] == [(5, 5)]  # one bar, one step per image and view
     assert all(below.has(r.sha256, 0) for r in records)
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # nothing rewritten
 
-    compute_activations(extractor, records, [top, below], embed=counting_embed, progress=False)
+    compute_activations(extractor, records, [top, below], progress=False)
     assert sum(embedded) == 5  # both complete: nothing to embed
 
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_class_folders, run_cli
-from tlearn.check import check_folder
-from tlearn.dataset import scan_folder
-from tlearn.split import split_records
+from tlearn.data.check import check_folder
+from tlearn.data.dataset import scan_folder
+from tlearn.data.split import split_records
 
 
 def textured(seed, size=(160, 120)):

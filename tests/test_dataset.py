@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from conftest import make_class_folders
-from tlearn.dataset import scan_folder
+from tlearn.data.dataset import scan_folder
 from tlearn.errors import TlearnError
 
 

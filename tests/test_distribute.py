@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import tlearn
 from conftest import FAST_FIT, cached_activation_files, make_class_folders, run_cli
-from tlearn.images import load_rgb
+from tlearn.data.images import load_rgb
 
 ROOT = Path(tlearn.__file__).resolve().parents[1]
 WORKER_LIMIT = 150  # seconds before the test kills a worker and fails

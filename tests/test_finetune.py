@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_cli
-from tlearn.images import load_rgb
+from tlearn.data.images import load_rgb
 
 BLOCK5 = {"block5_conv1", "block5_conv2", "block5_conv3"}
 

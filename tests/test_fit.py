@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import FAST_FIT, cached_activation_files, make_class_folders, run_cli
-from tlearn.images import load_rgb
+from tlearn.data.images import load_rgb
 from tlearn.model import feature_extractor
 from tlearn.prediction import predict
-from tlearn.restore import run_activation_cache
+from tlearn.run import Run
+from tlearn.train.activations import run_activation_cache
 
 RUN_FILES = [
     "saved_model/saved_model.pb", "model.keras", "labels.txt", "tlearn.json", "split.csv",
@@ -167,7 +168,7 @@ def test_finetune_after_fit_embeds_nothing_again(small_data, tmp_path):
 def test_fit_caches_for_finetune_what_the_extractor_computes(small_data, tmp_path):
     run, cache_dir = fit_with_own_cache(small_data, tmp_path)
     metadata = json.loads((run / "tlearn.json").read_text())
-    cache = run_activation_cache(metadata, "block4_pool", "float32", cache_dir)  # where finetune looks
+    cache = run_activation_cache(Run.open(run), "block4_pool", "float32", cache_dir)  # where finetune looks
     rows = split_rows(run)
     model = keras.saving.load_model(run / "model.keras", safe_mode=True)
     pixels = np.stack([load_rgb(Path(metadata["data_dir"]) / row["path"], 32) for row in rows]).astype("float32")

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLASS_COLOURS, add_odd_files, make_class_folders, solid_image
-from tlearn.images import UnreadableImage, load_rgb, probe
+from tlearn.data.images import UnreadableImage, load_rgb, probe
 
 
 @pytest.fixture
@@ -62,3 +62,25 @@ def test_exif_orientation_is_applied(tmp_path):
     top, bottom = upright[:10].mean(), upright[30:].mean()
     left, right = upright[:, :10].mean(), upright[:, 30:].mean()
     assert abs(top - bottom) > 200 and abs(left - right) < 50
+
+
+BROKEN = {"zero_bytes": "sunrise/empty.jpg", "truncated": "rain/truncated.jpg", "text": "cloudy/notes.jpg"}
+
+
+@pytest.mark.parametrize("kind, reason", [("zero_bytes", "empty file (0 bytes)"), ("truncated", "truncated image"),
+                                          ("text", "not an image")])
+def test_a_broken_file_has_one_reason_in_check_fit_and_predict(fitted_run, dataset_dir, kind, reason):
+    import csv
+    import json
+
+    from conftest import run_cli
+
+    relative = BROKEN[kind]
+    check = json.loads(run_cli("check", dataset_dir, "--format", "json").stdout)
+    from_check = {item["path"]: item["detail"] for item in check["unreadable"]}[relative]
+    from_fit = {row["path"]: row["reason"] for row in csv.DictReader(open(fitted_run / "split.csv"))}[relative]
+    predicted = run_cli("predict", dataset_dir / relative, "--model", fitted_run, "--format", "json")
+    from_predict = json.loads(predicted.stdout)[0]["error"]
+    with pytest.raises(UnreadableImage) as decoding:  # what fit says when a file breaks after its check
+        load_rgb(dataset_dir / relative, 32)
+    assert from_check == from_fit == from_predict == str(decoding.value) == reason

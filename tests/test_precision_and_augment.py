@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tlearn
+
 from conftest import FAST_FIT, make_class_folders, run_cli
 from tlearn.augment import build_augmenter
 from tlearn.errors import TlearnError
-from tlearn.images import load_rgb
-from tlearn.precision import apply_precision_policy
+from tlearn.data.images import load_rgb
+from tlearn.precision import apply_precision_policy, policy_for
+from tlearn.settings import FinetuneSettings
 
 
 @pytest.fixture
@@ -18,14 +21,25 @@ def restore_policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
-def test_auto_is_float32_without_a_gpu(restore_policy):
-    expected = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
-    assert apply_precision_policy("auto") == expected
+@pytest.mark.parametrize(
+    "mode, gpu_visible, policy",
+    [("auto", True, "mixed_float16"), ("auto", False, "float32"), ("on", False, "mixed_float16"),
+     ("off", True, "float32")],
+)
+def test_each_mode_means_one_policy_with_and_without_a_gpu(mode, gpu_visible, policy):
+    assert policy_for(mode, gpu_visible) == policy
+
+
+def test_auto_is_float32_on_this_cpu(restore_policy):
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible here")
+    assert apply_precision_policy("auto") == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_bad_mode_is_a_clear_error():
     with pytest.raises(TlearnError, match="--mixed-precision must be one of auto, on, off"):
-        apply_precision_policy("half")
+        FinetuneSettings(mixed_precision="half")
 
 
 def test_mixed_precision_fit_learns_and_exports_float32(tmp_path, restore_policy):
@@ -68,6 +82,9 @@ def test_views_train_on_augmented_copies_and_export_no_augmentation(tmp_path):
     assert (run / "report" / "augmentation.png").is_file()
     model_config = json.dumps(keras.saving.load_model(run / "model.keras", safe_mode=True).get_config())
     assert "Random" not in model_config
+    # The export computes exactly what the model does at inference, with no random layer in it.
     serve = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"]
-    pixels = tf.constant(load_rgb(next((data / "cloudy").glob("*.jpg")), 32)[None], tf.float32)
-    np.testing.assert_array_equal(serve(pixels=pixels)["output_0"], serve(pixels=pixels)["output_0"])
+    pixels = np.stack([load_rgb(path, 32) for path in sorted(data.glob("*/*.jpg"))]).astype("float32")
+    served = serve(pixels=tf.constant(pixels))["output_0"].numpy()
+    model = tlearn.load_model(run)
+    np.testing.assert_allclose(served, model(pixels, training=False).numpy(), atol=1e-5)

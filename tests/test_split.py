@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from tlearn.dataset import ImageRecord
+from tlearn.data.dataset import ImageRecord
 from tlearn.errors import TlearnError
-from tlearn.split import read_split_csv, split_records, write_split_csv
+from tlearn.settings import FitSettings
+from tlearn.data.split import read_split_csv, split_records, write_split_csv
 
 
 def records_with_duplicates(per_class=40):
@@ -51,7 +52,7 @@ def test_split_csv_round_trips(tmp_path):
 )
 def test_bad_fractions_are_clear_errors(val, test, message):
     with pytest.raises(TlearnError, match=message):
-        split_records(records_with_duplicates(), val, test, 0)
+        FitSettings(weights="none", val_split=val, test_split=test)
 
 
 def test_too_few_images_is_a_clear_error():

@@ -5,6 +5,7 @@
     tlearn.finetune(run.run_dir, unfreeze=4)
     for p in tlearn.predict(["photo.jpg"], model=run.run_dir):
         print(p.path, p.label, p.probability)
+    model = tlearn.load_model(run.run_dir)  # the Keras model, loaded in safe mode
 
 TensorFlow loads on first use of a training or prediction function, not on import, so the
 command line answers --help at once.
@@ -17,9 +18,13 @@ from .errors import TlearnError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "fit": "fitting", "finetune": "fitting", "RunResult": "fitting",
+    "fit": "train.stages", "finetune": "train.stages", "RunResult": "train.stages",
     "evaluate": "evaluation", "Evaluation": "evaluation",
     "predict": "prediction", "Prediction": "prediction",
+    "Run": "run", "load_model": "run",
+    "FitSettings": "settings", "FinetuneSettings": "settings", "EvaluateSettings": "settings",
+    "PredictSettings": "settings", "CheckSettings": "settings",
+    "check_folder": "data.check", "DataCheck": "data.check",
 }
 __all__ = ["TlearnError", "__version__", *_LAZY]
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from .config import AUGMENT_STRENGTHS
+from .settings import AUGMENT_STRENGTHS
 from .errors import TlearnError
 
 # Fraction of a turn / of the image size / of contrast; no vertical flip, since sky above

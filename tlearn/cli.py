@@ -11,15 +11,15 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import fields, is_dataclass
 
 import click
 
-from .config import (
-    AUGMENT_STRENGTHS, DEFAULT_MODELS_DIR, MIXED_PRECISION_MODES, PREPROCESS_MODES, STRATEGIES, FinetuneConfig, FitConfig,
-)
 from .errors import TlearnError
+from .settings import (
+    DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, FinetuneSettings, FitSettings, PredictSettings,
+)
 
-FIT, FINETUNE = FitConfig(), FinetuneConfig()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Lines TensorFlow's C++ start-up writes to stderr whatever TF_CPP_MIN_LOG_LEVEL says
 # (CUDA probing on a machine without a GPU, CPU feature notes): nothing a user can act on.
@@ -78,6 +78,41 @@ def main():
     """
 
 
+def settings_options(settings_class):
+    """A Click option for every field of `settings_class`, with its default and help text.
+
+    The command's own settings come first, then those it shares with other commands (the
+    fields of its settings base class, such as TrainingSettings for fit and finetune).
+    """
+    inherited = {f.name for base in settings_class.__mro__[1:] if is_dataclass(base) for f in fields(base)}
+    ordered = sorted(fields(settings_class), key=lambda spec: spec.name in inherited)
+
+    def decorate(command):
+        for spec in reversed(ordered):
+            command = _option(spec)(command)
+        return command
+
+    return decorate
+
+
+def _option(spec):
+    name = "--" + spec.name.replace("_", "-")
+    help_text, choices, shown = spec.metadata["help"], spec.metadata["choices"], spec.metadata["shown_default"]
+    if isinstance(spec.default, bool):
+        if spec.default:
+            return click.option(f"{name}/--no-{name[2:]}", spec.name, default=True, show_default=True, help=help_text)
+        return click.option(name, spec.name, is_flag=True, help=help_text)
+    kind = click.Choice(choices) if choices else type(spec.default) if spec.default is not None else str
+    if shown:  # a default that depends on the environment, said in words
+        return click.option(name, spec.name, type=kind, help=f"{help_text}  [default: {shown}]")
+    return click.option(name, spec.name, type=kind, default=spec.default, show_default=True, help=help_text)
+
+
+def _settings_of(settings_class, options: dict) -> dict:
+    """The command's options that are fields of `settings_class`, for the API call."""
+    return {spec.name: options.pop(spec.name) for spec in fields(settings_class)}
+
+
 def _progress_flag(function):
     return click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr.")(function)
 
@@ -89,12 +124,11 @@ def _models_dir_option(function):
     )(function)
 
 
-def _strategy_option(default: str):
+def _cache_dir_option(function):
     return click.option(
-        "--strategy", type=click.Choice(STRATEGIES), default=default, show_default=True,
-        help="tf.distribute strategy: auto = mirrored over 2+ GPUs, else one device; multi-worker reads "
-             "$TF_CONFIG (run the same command on every worker; --batch-size is the global batch).",
-    )
+        "--cache-dir", type=click.Path(file_okay=False),
+        help="Where activations and file facts are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]",
+    )(function)
 
 
 def _print_skipped(skipped) -> None:
@@ -102,33 +136,20 @@ def _print_skipped(skipped) -> None:
         click.echo(f"Warning: skipped {item.path}: {item.reason}", err=True)
 
 
+def _open_run(run_dir, models_dir):
+    from .run import Run
+
+    return _call(Run.open, run_dir, models_dir)
+
+
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=str))
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to create (must not exist). [default: MODELS_DIR/<data folder name>, -2, -3, ... if taken]")
 @_models_dir_option
-@click.option("--weights", help="imagenet (Keras's download, cached), none (random) or a local weights file for the VGG16 base. [default: $TLEARN_WEIGHTS or imagenet]")
-@click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), help="Input convention of those weights: caffe (Keras's imagenet) or torch (torchvision's). [default: $TLEARN_PREPROCESS or caffe]")
-@click.option("--image-size", type=int, default=FIT.image_size, show_default=True, help="Side in pixels the images are resized to; 160 is about 3x faster on a CPU.")
-@click.option("--epochs", type=int, default=FIT.epochs, show_default=True, help="Most epochs to train the head.")
-@click.option("--patience", type=int, default=FIT.patience, show_default=True, help="Stop after this many epochs without a better validation loss (the best weights are kept).")
-@click.option("--batch-size", type=int, default=FIT.batch_size, show_default=True)
-@click.option("--lr", type=float, default=FIT.lr, show_default=True, help="Adam learning rate.")
-@click.option("--val-split", type=float, default=FIT.val_split, show_default=True, help="Fraction of each class for validation.")
-@click.option("--test-split", type=float, default=FIT.test_split, show_default=True, help="Fraction of each class for the test report.")
-@click.option("--seed", type=int, default=FIT.seed, show_default=True, help="Seeds the split, initialisation and augmentation.")
-@click.option("--views", type=int, default=FIT.views, show_default=True, help="Views per training image: 1 = the plain image, more = add augmented copies (each costs one VGG16 pass).")
-@click.option("--augment", type=click.Choice(AUGMENT_STRENGTHS), default=FIT.augment, show_default=True, help="Strength of the augmentation used for views 2 and up.")
-@click.option("--finetune-cache/--no-finetune-cache", default=FIT.finetune_cache, show_default=True, help="Also cache, from the same pass, the block4_pool activations that `tlearn finetune --unfreeze 4` trains on: it then embeds only the views fit did not (none after fit --views 3). Costs disk: 14x14x512 float16, ~200 KB per image and view at 224 px (4x fit's own cache).")
-@click.option("--preview-augment", is_flag=True, help="Write report/augmentation.png: training images beside augmented samples of them.")
-@click.option("--near-threshold", type=int, default=FIT.near_threshold, show_default=True, help="Near-duplicates (bits of 256 that may differ) share a subset like exact duplicates; -1 = exact duplicates only.")
-@click.option("--keep-cross-class-duplicates", is_flag=True, help="Keep images whose exact copy is filed under another class (left out by default).")
-@click.option("--dense-units", type=int, default=FIT.dense_units, show_default=True, help="Width of the head's hidden layer.")
-@click.option("--dropout", type=float, default=FIT.dropout, show_default=True)
-@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_MODES), default=FIT.mixed_precision, show_default=True, help="float16 compute: auto = on when a GPU is visible.")
-@_strategy_option(FIT.strategy)
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activations are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
+@settings_options(FitSettings)
+@_cache_dir_option
 @_progress_flag
-def fit(data_dir, out, models_dir, weights, preprocess, cache_dir, progress, **settings):
+def fit(data_dir, out, models_dir, cache_dir, progress, **options):
     """Train a classifier on DATA_DIR, one sub-folder per class, and export it.
 
     Splits the images (stratified, seeded, duplicates kept together), trains a new head on a
@@ -140,12 +161,10 @@ def fit(data_dir, out, models_dir, weights, preprocess, cache_dir, progress, **s
       tlearn fit ./weather --weights vgg16.weights.h5 --preprocess torch
     """
     load_tensorflow_quietly()
-    from .fitting import fit as fit_run
+    from .train.stages import fit as fit_run
 
-    result = _call(
-        fit_run, data_dir, out=out, models_dir=models_dir, weights=weights, preprocess=preprocess,
-        cache_dir=cache_dir, progress=progress, **settings,
-    )
+    result = _call(fit_run, data_dir, out=out, models_dir=models_dir, cache_dir=cache_dir, progress=progress,
+                   **_settings_of(FitSettings, options))
     _print_skipped(result.skipped)
     _print_run_summary(result)
 
@@ -153,18 +172,11 @@ def fit(data_dir, out, models_dir, weights, preprocess, cache_dir, progress, **s
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @_models_dir_option
-@click.option("--unfreeze", type=int, default=FINETUNE.unfreeze, show_default=True, help="Base layers to train, counted from the top: 4 = block5 (3 convolutions + pooling), 8 = blocks 4 and 5.")
-@click.option("--epochs", type=int, default=FINETUNE.epochs, show_default=True)
-@click.option("--patience", type=int, default=FINETUNE.patience, show_default=True)
-@click.option("--batch-size", type=int, default=FINETUNE.batch_size, show_default=True)
-@click.option("--lr", type=float, default=FINETUNE.lr, show_default=True, help="Adam learning rate; keep it small to keep the pretrained features.")
-@click.option("--views", type=int, default=FINETUNE.views, show_default=True, help="Views per training image: the plain one plus augmented copies (the run's --augment strength); each costs one pass to the cut. Unfrozen layers overfit without them.")
-@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION_MODES), default=FINETUNE.mixed_precision, show_default=True)
-@_strategy_option(FINETUNE.strategy)
+@settings_options(FinetuneSettings)
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Where the run's dataset is now, if it moved.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activations are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
+@_cache_dir_option
 @_progress_flag
-def finetune(run_dir, models_dir, data_dir, cache_dir, progress, **settings):
+def finetune(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     """Unfreeze the top of the base and train on at a lower learning rate.
 
     RUN_DIR defaults to the newest run in MODELS_DIR. Trains on the split that fit recorded,
@@ -174,13 +186,10 @@ def finetune(run_dir, models_dir, data_dir, cache_dir, progress, **settings):
     Example:
       tlearn finetune models/weather --unfreeze 4
     """
+    settings = _settings_of(FinetuneSettings, options)
     load_tensorflow_quietly()
-    from .fitting import finetune as finetune_run
-
-    result = _call(
-        finetune_run, run_dir, models_dir=models_dir, data_dir=data_dir, cache_dir=cache_dir,
-        progress=progress, **settings,
-    )
+    run = _open_run(run_dir, models_dir)
+    result = _call(run.finetune, data_dir=data_dir, cache_dir=cache_dir, progress=progress, **settings)
     _print_skipped(result.skipped)
     _print_run_summary(result)
 
@@ -189,10 +198,10 @@ def finetune(run_dir, models_dir, data_dir, cache_dir, progress, **settings):
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @_models_dir_option
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="A folder of class sub-folders to evaluate on. [default: the run's test split]")
-@click.option("--show-wrong", type=int, default=10, show_default=True, help="How many of the most confidently wrong images to list.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where activations are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
+@settings_options(EvaluateSettings)
+@_cache_dir_option
 @_progress_flag
-def evaluate(run_dir, models_dir, data_dir, show_wrong, cache_dir, progress):
+def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     """Accuracy, per-class table and the most confidently wrong images of a run.
 
     RUN_DIR defaults to the newest run in MODELS_DIR. The full report (metrics.json,
@@ -203,13 +212,10 @@ def evaluate(run_dir, models_dir, data_dir, show_wrong, cache_dir, progress):
     Example:
       tlearn evaluate models/weather --data ./new-photos
     """
+    settings = _settings_of(EvaluateSettings, options)
     load_tensorflow_quietly()
-    from .evaluation import evaluate as evaluate_run
-
-    result = _call(
-        evaluate_run, run_dir, data=data_dir, models_dir=models_dir, cache_dir=cache_dir,
-        show_wrong=show_wrong, progress=progress,
-    )
+    run = _open_run(run_dir, models_dir)
+    result = _call(run.evaluate, data=data_dir, cache_dir=cache_dir, progress=progress, **settings)
     _print_skipped(result.skipped)
     if result.ignored_classes:
         click.echo(f"Warning: ignored folders of classes the model does not know: {', '.join(result.ignored_classes)}", err=True)
@@ -237,10 +243,9 @@ def _print_run_summary(result) -> None:
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=str))
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--image-size", type=int, default=FIT.image_size, show_default=True, help="Training size: images under half of it on a side are reported as tiny.")
-@click.option("--near-threshold", type=int, default=FIT.near_threshold, show_default=True, help="How many of 256 hash bits a near-duplicate may differ in; -1 = no near-duplicate search.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where file facts are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]")
-def check(data_dir, output_format, image_size, near_threshold, cache_dir):
+@settings_options(CheckSettings)
+@_cache_dir_option
+def check(data_dir, output_format, cache_dir, **options):
     """Report what in DATA_DIR needs attention before training, without changing anything.
 
     Images per class and imbalance; files that cannot be decoded and why; content that does
@@ -253,9 +258,9 @@ def check(data_dir, output_format, image_size, near_threshold, cache_dir):
     Example:
       tlearn check ./weather --format json > weather-check.json
     """
-    from .check import check_folder, format_check
+    from .data.check import check_folder, format_check
 
-    result = _call(check_folder, data_dir, image_size=image_size, near_threshold=near_threshold, cache_dir=cache_dir)
+    result = _call(check_folder, data_dir, cache_dir=cache_dir, **_settings_of(CheckSettings, options))
     if output_format == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -267,9 +272,9 @@ def check(data_dir, output_format, image_size, near_threshold, cache_dir):
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model", type=click.Path(file_okay=False), help="Run directory. [default: the newest run in MODELS_DIR]")
 @_models_dir_option
-@click.option("--top-k", type=int, default=1, show_default=True, help="How many classes to list per image.")
+@settings_options(PredictSettings)
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def predict(images, model, models_dir, top_k, output_format):
+def predict(images, model, models_dir, output_format, **options):
     """Classify IMAGES (files, folders searched recursively, or globs).
 
     Exit code 1 if any image could not be read (its row says why), 2 for a bad option or run.
@@ -278,11 +283,11 @@ def predict(images, model, models_dir, top_k, output_format):
     Example:
       tlearn predict photos/ --top-k 2 --format csv > predictions.csv
     """
+    settings = _settings_of(PredictSettings, options)
     load_tensorflow_quietly()
-    from .prediction import predict as predict_images
-
-    results = _call(predict_images, list(images), model=model, models_dir=models_dir, top_k=top_k)
-    click.echo(_format_predictions(results, output_format, top_k), nl=False)
+    run = _open_run(model, models_dir)
+    results = _call(run.predict, list(images), **settings)
+    click.echo(_format_predictions(results, output_format, settings["top_k"]), nl=False)
     if any(result.error for result in results):
         sys.exit(1)
 

@@ -1,26 +1,33 @@
-"""Scaling out with tf.distribute: the strategy a stage runs under, and each worker's share.
+"""Scaling out with tf.distribute, as an adapter at the edge of the training code.
 
-Design (the same code runs for one process with one device, several local devices, and
-several workers):
+A stage asks its `Distribution` to prepare what it works with, once per phase (as fastai's
+`distrib_ctx` or Accelerate's `prepare` do), and otherwise reads as single-device code:
+`prepare_extractor` (embedding), `prepare_batches` (training data), `prepare_trainable` (the
+model to fit) and `shard` / `gather` / `map_shards` (each worker's share of a list). With one
+device every one of them hands back what it was given.
+
+Design (the same code runs for one device, several local devices and several workers):
 
 - Every worker runs the same command on the same data, so the seeded split gives every
   worker the same record lists in the same order. Worker i of n owns `records[i::n]` of
   each subset, for the whole stage.
-- Embedding: each worker passes only its own records through the frozen base, into its own
-  activation cache, so no image is embedded twice and none is skipped. Within a worker, a
-  batch is split across the local replicas (GPUs, or logical CPUs).
-- Training: each worker streams batches of its own records only (tf.data from a generator,
-  handed to Keras through `distribute_datasets_from_function`), so a worker never reads
-  activations another computed and the cache needs no shared filesystem. Every worker runs
-  the same number of steps, `ceil(records / global batch)`, each feeding a slice of the
-  global batch (`--batch-size`) per replica; a worker with a record fewer gets an empty
-  last slice. Validation is sharded the same way; Keras all-reduces its loss, so early
-  stopping decides the same on every worker.
+- Embedding: each worker passes only its own records through the frozen layers, into its
+  own activation cache, so no image is embedded twice and none is skipped. Within a worker,
+  a batch is split across the local replicas (GPUs, or logical CPUs).
+- Training: each worker streams batches of its own records only, handed to Keras through
+  `distribute_datasets_from_function`, so a worker never reads activations another
+  computed and the cache needs no shared filesystem. Every worker runs the same number of
+  steps, each feeding a slice of the global batch (`--batch-size`) per replica. Validation
+  is sharded the same way; Keras all-reduces its loss, so early stopping decides the same on
+  every worker.
 - Test predictions and undecodable files are all-gathered, so every worker knows the whole
-  result; only the chief writes the run directory (see fitting.py).
+  result; every worker writes its run, only the chief publishes it (run.RunWriter).
 - A worker that dies makes its peers' next collective fail at once (connection refused);
   one that hangs makes it fail after the collective timeout; one that never starts is
   caught by a watchdog at start-up, since TensorFlow would wait for it forever.
+
+This module knows tf.distribute and nothing of tlearn's data or model code: what it
+prepares, it takes by the small interfaces below.
 """
 
 from __future__ import annotations
@@ -31,26 +38,33 @@ import os
 import sys
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .activations import ActivationCache, CachedActivations
-from .config import STRATEGIES, WORKER_TIMEOUT_ENV, default_worker_timeout
-from .dataset import ImageRecord
 from .errors import TlearnError
-from .model import trainable_top
+from .settings import WORKER_TIMEOUT_ENV, default_worker_timeout
 
 # Errors a collective op raises when a peer died, hung past the timeout or aborted.
 _PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
                   tf.errors.CancelledError)
 
 
+class ShardableBatches(Protocol):
+    """Training data that can give one worker's share (train/batches.py)."""
+
+    steps: int  # batches per pass over the data
+
+    def dataset(self) -> tf.data.Dataset: ...
+
+    def sharded(self, worker_index: int, workers: int, replicas: int) -> ShardableBatches:
+        """This worker's slices of every global batch, the same number of steps on every worker."""
+
+
 @dataclass(frozen=True)
-class Cluster:
+class Distribution:
     """The strategy a stage runs under and this process's place among the workers."""
 
     strategy: tf.distribute.Strategy
@@ -70,10 +84,6 @@ class Cluster:
     def is_chief(self) -> bool:
         return self.worker_index == 0
 
-    def shard(self, records: list) -> list:
-        """This worker's share of `records`: every n-th, starting at its index."""
-        return records[self.worker_index :: self.workers]
-
     def record(self) -> dict:
         return {"strategy": self.kind, "replicas": self.replicas, "workers": self.workers}
 
@@ -92,11 +102,117 @@ class Cluster:
                 f"{first_line}): see the other workers' output, then restart all of them"
             ) from None
 
+    def shard(self, items: list) -> list:
+        """This worker's share of `items`: every n-th, starting at its index."""
+        return items[self.worker_index :: self.workers]
 
-_multi_worker_cluster: Cluster | None = None  # TensorFlow allows one per process
+    def prepare_extractor(self, extractor: keras.Model):
+        """`extractor` with `predict_on_batch` running this worker's batch split across its replicas."""
+        if self.local_replicas == 1 and self.workers == 1:
+            return extractor
+        return _ReplicaExtractor(extractor, self._embedder(extractor))
+
+    def _embedder(self, extractor: keras.Model) -> Callable[[np.ndarray], np.ndarray | list[np.ndarray]]:
+        count = self.local_replicas
+        if count == 1:
+            # Under multi-worker, Keras's predict_on_batch would run a distributed step across
+            # the workers; this worker must embed only its own batch.
+            return lambda pixels: keras.tree.map_structure(keras.ops.convert_to_numpy, extractor(pixels, training=False))
+        strategy = self.strategy
+
+        @tf.function(reduce_retracing=True)
+        def embed_slice(pixels):
+            return extractor(pixels, training=False)
+
+        def rows_of_every_replica(per_replica) -> np.ndarray:
+            return np.concatenate([keras.ops.convert_to_numpy(o) for o in strategy.experimental_local_results(per_replica)])
+
+        def embed(pixels: np.ndarray) -> np.ndarray | list[np.ndarray]:
+            slices = np.array_split(pixels, count)
+            per_replica = strategy.experimental_distribute_values_from_function(
+                lambda context: slices[context.replica_id_in_sync_group % count]
+            )
+            outputs = strategy.run(embed_slice, args=(per_replica,))  # one per-replica value per output
+            return keras.tree.map_structure(rows_of_every_replica, outputs)
+
+        return embed
+
+    def prepare_batches(self, batches: ShardableBatches):
+        """(dataset, steps per pass) for `fit`: with several replicas, each gets its slice of every batch."""
+        if self.replicas == 1:
+            return batches.dataset(), batches.steps
+        local = batches.sharded(self.worker_index, self.workers, self.local_replicas)
+        return self.strategy.distribute_datasets_from_function(lambda _context: local.dataset()), local.steps
+
+    def prepare_trainable(self, build: Callable[[], keras.Model]) -> keras.Model:
+        """The model `build` makes, in a form Keras 3 can `fit` under this strategy.
+
+        Two Keras 3 bugs stop `fit` under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+        it reduces a first batch to build its state, which fails for a tuple of per-replica
+        values, and it averages scalar step logs across workers with `axis=0`. A model made
+        outside the strategy's scope builds its state when the train step is traced instead,
+        and step logs of shape [1] average fine. The layers are the built model's.
+        """
+        if self.workers == 1:
+            with self.strategy.scope():
+                return build()
+        model = build()
+        return _ShapedLogsModel(model.input, model.output, name=model.name)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Every worker's `rows` concatenated in worker order, on every worker (a collective)."""
+        if self.workers == 1:
+            return rows
+        rows = np.asarray(rows)
+        # All-gathering empty tensors crashes TensorFlow 2.21 (a segfault), so every replica
+        # sends as many rows as the longest (at least one), padded, after their true counts.
+        counts = self._gather_from_first_replicas(np.array([len(rows)]), np.array([0]))
+        longest = max(1, int(counts.max()))
+        padded = np.zeros((longest, *rows.shape[1:]), rows.dtype)
+        padded[: len(rows)] = rows
+        gathered = self._gather_from_first_replicas(padded, np.zeros_like(padded))
+        return np.concatenate([gathered[i * longest : i * longest + count] for i, count in enumerate(counts)])
+
+    def _gather_from_first_replicas(self, value: np.ndarray, other_replicas: np.ndarray) -> np.ndarray:
+        """All-gather one value per replica: `value` on each worker's first, `other_replicas` on the rest."""
+        per_replica = self.strategy.experimental_distribute_values_from_function(
+            lambda context: value if context.replica_id_in_sync_group % self.local_replicas == 0 else other_replicas
+        )
+        return self.strategy.gather(per_replica, axis=0).numpy()
+
+    def map_shards(self, count: int, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Rows for items 0..count-1 in order: each worker computes `compute(its indices)`, all gather."""
+        owned = np.arange(count)[self.worker_index :: self.workers]
+        local = compute(owned)
+        if self.workers == 1:
+            return local
+        rows = self.gather(np.column_stack([owned, local]).astype(np.float64))  # float64 holds any index
+        result = np.zeros((count, local.shape[1]), local.dtype)
+        result[rows[:, 0].astype(int)] = rows[:, 1:]
+        return result
 
 
-def make_cluster(strategy: str = "auto") -> Cluster:
+class _ReplicaExtractor:
+    """What compute_activations uses of an extractor, with the embedding step replaced."""
+
+    def __init__(self, extractor: keras.Model, embed: Callable):
+        self.input_shape, self.outputs, self.predict_on_batch = extractor.input_shape, extractor.outputs, embed
+
+
+class _ShapedLogsModel(keras.Model):
+    """A functional model whose train and test steps return logs of shape [1], not scalars."""
+
+    def train_step(self, data):
+        return {name: tf.reshape(value, [1]) for name, value in super().train_step(data).items()}
+
+    def test_step(self, data):
+        return {name: tf.reshape(value, [1]) for name, value in super().test_step(data).items()}
+
+
+_multi_worker: Distribution | None = None  # TensorFlow allows one per process
+
+
+def make_distribution(strategy: str = "auto") -> Distribution:
     """The strategy for `--strategy` (auto|none|mirrored|multi-worker).
 
     auto: MirroredStrategy over all GPUs when there are two or more, else the default
@@ -105,21 +221,19 @@ def make_cluster(strategy: str = "auto") -> Cluster:
     cluster in $TF_CONFIG; it must be created before TensorFlow runs anything, so call this
     before building models.
     """
-    if strategy not in STRATEGIES:
-        raise TlearnError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy == "multi-worker":
-        return _make_multi_worker_cluster()
+        return _make_multi_worker()
     gpus = tf.config.list_physical_devices("GPU")
     if strategy == "none" or (strategy == "auto" and len(gpus) < 2):
-        return Cluster(tf.distribute.get_strategy(), "none")
+        return Distribution(tf.distribute.get_strategy(), "none")
     devices = None if gpus else [device.name for device in tf.config.list_logical_devices("CPU")]
-    return Cluster(tf.distribute.MirroredStrategy(devices), "mirrored")
+    return Distribution(tf.distribute.MirroredStrategy(devices), "mirrored")
 
 
-def _make_multi_worker_cluster() -> Cluster:
-    global _multi_worker_cluster
-    if _multi_worker_cluster is not None:
-        return _multi_worker_cluster
+def _make_multi_worker() -> Distribution:
+    global _multi_worker
+    if _multi_worker is not None:
+        return _multi_worker
     workers, worker_index = _read_tf_config()
     timeout = default_worker_timeout()
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
@@ -133,8 +247,8 @@ def _make_multi_worker_cluster() -> Cluster:
                 f"--strategy multi-worker could not start ({str(error).splitlines()[0]}): it must be set up before "
                 "TensorFlow runs anything, so use it in a fresh process (the tlearn command does)"
             ) from None
-    _multi_worker_cluster = Cluster(strategy, "multi-worker", workers, worker_index)
-    return _multi_worker_cluster
+    _multi_worker = Distribution(strategy, "multi-worker", workers, worker_index)
+    return _multi_worker
 
 
 def _read_tf_config() -> tuple[int, int]:
@@ -182,168 +296,3 @@ def _killed_unless_done_within(seconds: float, message: str) -> Iterator[None]:
         watchdog.wait()
 
 
-def replica_embedder(
-    cluster: Cluster, extractor: keras.Model
-) -> Callable[[np.ndarray], np.ndarray | list[np.ndarray]]:
-    """A function running `extractor` on a batch of pixels, split across the local replicas.
-
-    It returns what the extractor does: an array, or a list with one array per output.
-    """
-    count = cluster.local_replicas
-    if count == 1 and cluster.workers == 1:
-        return extractor.predict_on_batch  # a compiled graph: faster than an eager call
-    if count == 1:
-        # Under multi-worker, Keras's predict_on_batch would run a distributed step across the
-        # workers; this worker must embed only its own batch.
-        return lambda pixels: keras.tree.map_structure(keras.ops.convert_to_numpy, extractor(pixels, training=False))
-    strategy = cluster.strategy
-
-    @tf.function(reduce_retracing=True)
-    def embed_slice(pixels):
-        return extractor(pixels, training=False)
-
-    def rows_of_every_replica(per_replica) -> np.ndarray:
-        return np.concatenate([keras.ops.convert_to_numpy(o) for o in strategy.experimental_local_results(per_replica)])
-
-    def embed(pixels: np.ndarray) -> np.ndarray | list[np.ndarray]:
-        slices = np.array_split(pixels, count)
-        per_replica = strategy.experimental_distribute_values_from_function(
-            lambda context: slices[context.replica_id_in_sync_group % count]
-        )
-        # One per-replica value per output of the extractor.
-        outputs = strategy.run(embed_slice, args=(per_replica,))
-        return keras.tree.map_structure(rows_of_every_replica, outputs)
-
-    return embed
-
-
-def fittable(cluster: Cluster, model: keras.Model, cut: str) -> keras.Model:
-    """The part of `model` above `cut`, in a form Keras 3 can `fit` under `cluster`.
-
-    Two Keras 3 bugs stop `fit` under MultiWorkerMirroredStrategy (keras-team/keras#20585):
-    it reduces a first batch to build its state, which fails for a tuple of per-replica
-    values, and it averages scalar step logs across workers with `axis=0`. A model made
-    outside the strategy's scope builds its state when the train step is traced instead,
-    and step logs of shape [1] average fine. The layers are `model`'s: training it trains
-    `model`.
-    """
-    if cluster.workers == 1:
-        with cluster.strategy.scope():
-            return trainable_top(model, cut)
-    top = trainable_top(model, cut)
-    return _ShapedLogsModel(top.input, top.output, name=top.name)
-
-
-class _ShapedLogsModel(keras.Model):
-    """A functional model whose train and test steps return logs of shape [1], not scalars."""
-
-    def train_step(self, data):
-        return {name: tf.reshape(value, [1]) for name, value in super().train_step(data).items()}
-
-    def test_step(self, data):
-        return {name: tf.reshape(value, [1]) for name, value in super().test_step(data).items()}
-
-
-def gather_rows(cluster: Cluster, rows: np.ndarray) -> np.ndarray:
-    """Every worker's `rows` concatenated in worker order, on every worker (a collective)."""
-    if cluster.workers == 1:
-        return rows
-    rows = np.asarray(rows)
-    # All-gathering empty tensors crashes TensorFlow 2.21 (a segfault), so every replica
-    # sends as many rows as the longest (at least one), padded, after their true counts.
-    counts = _gather_from_first_replicas(cluster, np.array([len(rows)]), np.array([0]))
-    longest = max(1, int(counts.max()))
-    padded = np.zeros((longest, *rows.shape[1:]), rows.dtype)
-    padded[: len(rows)] = rows
-    gathered = _gather_from_first_replicas(cluster, padded, np.zeros_like(padded))
-    return np.concatenate([gathered[i * longest : i * longest + count] for i, count in enumerate(counts)])
-
-
-def _gather_from_first_replicas(cluster: Cluster, value: np.ndarray, other_replicas: np.ndarray) -> np.ndarray:
-    """All-gather one value per replica: `value` on each worker's first, `other_replicas` on the rest."""
-    per_replica = cluster.strategy.experimental_distribute_values_from_function(
-        lambda context: value if context.replica_id_in_sync_group % cluster.local_replicas == 0 else other_replicas
-    )
-    return cluster.strategy.gather(per_replica, axis=0).numpy()
-
-
-def failed_anywhere(cluster: Cluster, records: list[ImageRecord], failed_here: set[Path]) -> set[Path]:
-    """The paths of `records` that failed to decode on any worker (a collective)."""
-    indices = np.array([i for i, record in enumerate(records) if record.path in failed_here], np.int64)
-    return {records[i].path for i in gather_rows(cluster, indices)}
-
-
-def predict_sharded(
-    cluster: Cluster, top: keras.Model, cache: ActivationCache, records: list[ImageRecord],
-    class_names: list[str], batch_size: int,
-) -> np.ndarray:
-    """Probabilities for every record, in order: each worker predicts its shard, then all gather."""
-    owned = np.arange(len(records))[cluster.worker_index :: cluster.workers]
-    batches = CachedActivations(cache, [records[i] for i in owned], class_names, batch_size)
-    # A plain call, not top.predict: under multi-worker that would be a collective per batch.
-    local = [keras.ops.convert_to_numpy(top(batches[i][0], training=False)) for i in range(len(batches))]
-    local = np.concatenate(local) if local else np.zeros((0, top.output_shape[-1]), np.float32)
-    # One gather of [index, probabilities...] rows (float64 holds any index exactly).
-    rows = gather_rows(cluster, np.column_stack([owned, local]).astype(np.float64))
-    probabilities = np.zeros((len(records), top.output_shape[-1]), np.float32)
-    probabilities[rows[:, 0].astype(int)] = rows[:, 1:]
-    return probabilities
-
-
-def sharded_batches(
-    cluster: Cluster,
-    cache: ActivationCache,
-    records: list[ImageRecord],
-    labels: np.ndarray,
-    activation_shape: tuple[int, ...],
-    batch_size: int,
-    *,
-    sample_weights: np.ndarray | None = None,
-    views: int = 1,
-    shuffle: bool = False,
-    seed: int = 0,
-):
-    """(dataset, steps per pass): this worker's slices of every global batch, forever.
-
-    `records`, `labels` (class indices) and `sample_weights` are the whole subset, the same
-    on every worker; the dataset reads only this worker's shard. With `shuffle`, each pass
-    reshuffles the shard and draws one view per image, so every view gets used. Each
-    element is one replica's slice; with one replica it is a plain tf.data.Dataset.
-    """
-    owned = np.arange(len(records))[cluster.worker_index :: cluster.workers]
-    local_batch = _ceil_div(batch_size, cluster.workers)
-    # The same on every worker: enough for the largest shard.
-    steps = max(1, _ceil_div(_ceil_div(len(records), cluster.workers), local_batch))
-    replicas = cluster.local_replicas
-
-    def slices():
-        rng = np.random.default_rng(seed)
-        order, view_of = owned.copy(), np.zeros(len(records), dtype=int)
-        while True:
-            if shuffle:
-                rng.shuffle(order)
-                view_of[owned] = rng.integers(0, views, size=len(owned))
-            for step in range(steps):
-                for chosen in np.array_split(order[step * local_batch : (step + 1) * local_batch], replicas):
-                    activations = np.zeros((len(chosen), *activation_shape), np.float32)
-                    for row, index in enumerate(chosen):
-                        activations[row] = cache.load(records[index].sha256, view_of[index])
-                    if sample_weights is None:
-                        yield activations, labels[chosen].astype(np.int64)
-                    else:
-                        yield activations, labels[chosen].astype(np.int64), sample_weights[chosen].astype(np.float32)
-
-    signature = (tf.TensorSpec((None, *activation_shape), tf.float32), tf.TensorSpec((None,), tf.int64))
-    if sample_weights is not None:
-        signature += (tf.TensorSpec((None,), tf.float32),)
-
-    def dataset(_context=None) -> tf.data.Dataset:
-        return tf.data.Dataset.from_generator(slices, output_signature=signature).prefetch(2)
-
-    if cluster.replicas == 1:
-        return dataset(), steps
-    return cluster.strategy.distribute_datasets_from_function(dataset), steps
-
-
-def _ceil_div(numerator: int, denominator: int) -> int:
-    return -(-numerator // denominator)

@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from .data.files import file_sha256
 from .errors import TlearnError
 
 BASE_NAME = "vgg16"
@@ -46,6 +47,15 @@ class ImagePreprocessing(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def weights_identity(weights: str, seed: int) -> str:
+    """What the base's numbers depend on: the activation cache's key and the run's record."""
+    if weights == "imagenet":
+        return "keras-imagenet"
+    if weights == "none":
+        return f"random-seed-{seed}"
+    return "sha256:" + file_sha256(Path(weights))
 
 
 def build_base(weights: str, image_size: int) -> keras.Model:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .check import visible_files
-from .config import DEFAULT_MODELS_DIR
+from .data.check import visible_files
+from .data.images import IMAGE_SUFFIXES, UnreadableImage, load_rgb, probe
 from .errors import TlearnError
-from .export import LABELS_FILE, SAVED_MODEL, SERVING_INPUT, load_serving_function
-from .images import IMAGE_SUFFIXES, UnreadableImage, load_rgb, probe
-from .runs import read_metadata, resolve_run
+from .export import SERVING_INPUT, load_serving_function
+from .run import Run
+from .settings import DEFAULT_MODELS_DIR, PredictSettings, settings_from
 
 
 @dataclass
@@ -52,33 +52,31 @@ def _looks_like_image(path: Path) -> bool:
     try:
         probe(path)
         return True
-    except (UnreadableImage, OSError):
+    except UnreadableImage:
         return False
 
 
 def predict(
-    images: list[str | Path] | str | Path,
-    *,
-    model: str | Path | None = None,
-    models_dir: str | Path = DEFAULT_MODELS_DIR,
-    top_k: int = 1,
-    batch_size: int = 16,
+    images: list[str | Path] | str | Path, *, model: str | Path | Run | None = None,
+    models_dir: str | Path = DEFAULT_MODELS_DIR, top_k: int = PredictSettings.top_k,
+    batch_size: int = PredictSettings.batch_size,
 ) -> list[Prediction]:
     """Classify image files, folders or globs with a run's SavedModel.
 
     `model` is a run directory (default: the newest run in `models_dir`). A file that cannot
-    be read gets its `error` set and the others are still classified.
+    be read gets its `error` set and the others are still classified. Each result lists the
+    `top_k` most likely classes.
     """
+    settings = settings_from(PredictSettings, locals())
     if isinstance(images, (str, Path)):
         images = [images]
-    run = resolve_run(model, models_dir)
-    class_names = (run / LABELS_FILE).read_text(encoding="utf-8").splitlines()
-    if not 1 <= top_k <= len(class_names):
+    run = Run.open(model, models_dir)
+    class_names = run.class_names
+    if not settings.top_k <= len(class_names):
         raise TlearnError(f"--top-k must be between 1 and {len(class_names)} (the number of classes), got {top_k}")
-    if not (run / SAVED_MODEL).is_dir():
-        raise TlearnError(f"{run} has no {SAVED_MODEL}/: it is incomplete; fit it again")
-    size = read_metadata(run)["image_size"]
-    serve = load_serving_function(run / SAVED_MODEL)
+    if not run.files.saved_model.is_dir():
+        raise TlearnError(f"{run.path} has no {run.files.saved_model.name}/: it is incomplete; fit it again")
+    serve = load_serving_function(run.files.saved_model)
 
     paths = collect_images(images)
     if not paths:
@@ -87,17 +85,15 @@ def predict(
     readable: list[tuple[Prediction, np.ndarray]] = []
     for result, path in zip(results, paths):
         try:
-            readable.append((result, load_rgb(path, size)))
+            readable.append((result, load_rgb(path, run.spec.image_size)))
         except UnreadableImage as error:
             result.error = str(error)
-        except OSError as error:
-            result.error = error.strerror or str(error)
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start : start + batch_size]
+    for start in range(0, len(readable), settings.batch_size):
+        chunk = readable[start : start + settings.batch_size]
         pixels = np.stack([pixels for _, pixels in chunk]).astype(np.float32)
         (probabilities,) = serve(**{SERVING_INPUT: pixels}).values()
         for (result, _), row in zip(chunk, probabilities.numpy()):
-            best = np.argsort(-row)[:top_k]
+            best = np.argsort(-row)[: settings.top_k]
             result.top_k = [{"label": class_names[i], "probability": float(row[i])} for i in best]
             result.label, result.probability = result.top_k[0]["label"], result.top_k[0]["probability"]
     return results

@@ -66,16 +66,18 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     plt.close(figure)
 
 
-def write_history(stages: list[dict], report_dir: Path) -> None:
-    """history.csv and curves.png: loss and accuracy per epoch, every stage on one time axis."""
+def write_history(stages: list, report_dir: Path) -> None:
+    """history.csv and curves.png: loss and accuracy per epoch, every stage on one time axis.
+
+    `stages` are run.StageRecord's (name, history, best_epoch), oldest first."""
     rows, boundaries, best, epoch = [], [], [], 0
     for stage in stages:
-        history = stage["history"]
-        best.append(epoch + stage["best_epoch"])  # the epoch whose weights the stage kept
+        history = stage.history
+        best.append(epoch + stage.best_epoch)  # the epoch whose weights the stage kept
         for index in range(len(history["loss"])):
             epoch += 1
-            rows.append({"epoch": epoch, "stage": stage["name"], **{k: history[k][index] for k in _CURVES if k in history}})
-        boundaries.append((epoch, stage["name"]))
+            rows.append({"epoch": epoch, "stage": stage.name, **{k: history[k][index] for k in _CURVES if k in history}})
+        boundaries.append((epoch, stage.name))
     with open(report_dir / "history.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["epoch", "stage", *_CURVES])
         writer.writeheader()

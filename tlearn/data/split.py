@@ -7,20 +7,10 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import TlearnError
 from .dataset import ImageRecord, SkippedFile
-from .errors import TlearnError
 
 SUBSETS = ("train", "validation", "test")
-
-
-def check_fractions(val_split: float, test_split: float) -> None:
-    for name, value in (("--val-split", val_split), ("--test-split", test_split)):
-        if not 0 < value < 1:
-            raise TlearnError(f"{name} must be between 0 and 1 (exclusive), got {value}")
-    if val_split + test_split >= 1:
-        raise TlearnError(
-            f"--val-split + --test-split must leave images for training, got {val_split} + {test_split}"
-        )
 
 
 def split_records(
@@ -29,9 +19,8 @@ def split_records(
     """Split each class by the given fractions; each record's `split_group` shares one subset.
 
     Without the grouping, a duplicated photo can sit in train and test at once and the test
-    accuracy flatters the model.
+    accuracy flatters the model. The fractions are checked by the settings (FitSettings).
     """
-    check_fractions(val_split, test_split)
     rng = random.Random(seed)
     subsets: dict[str, list[ImageRecord]] = {name: [] for name in SUBSETS}
     by_label: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))

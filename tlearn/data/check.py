@@ -1,6 +1,6 @@
 """`check`: what in an image folder needs attention before training on it.
 
-Built on the cached per-file facts of inspection.py, so a repeated check, and the check
+Built on the cached per-file facts of files.py, so a repeated check, and the check
 that `fit` runs, cost almost nothing.
 """
 
@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .config import FitConfig, default_cache_root
-from .errors import TlearnError
-from .inspection import FileFacts, inspect_files
+from ..errors import TlearnError
+from ..settings import CheckSettings, default_cache_root, settings_from
+from .files import FileFacts, inspect_files
 
-# Defaults, also of the CLI options. A near-duplicate differs in at most NEAR_THRESHOLD of
-# the 256 gradient bits and, on average, in at most NEAR_COLOUR_DIFFERENCE of 255 per colour
-# thumbnail pixel: on the weather set that finds resized, re-encoded and slightly cropped
-# copies and no pair of different photos.
-NEAR_THRESHOLD = FitConfig.near_threshold
+# A near-duplicate differs in at most --near-threshold of the 256 gradient bits and, on
+# average, in at most NEAR_COLOUR_DIFFERENCE of 255 per colour thumbnail pixel: on the weather
+# set that finds resized, re-encoded and slightly cropped copies and no pair of different photos.
 NEAR_COLOUR_DIFFERENCE = 12.0
-MAX_ASPECT_RATIO = 3.0
 _EXTENSIONS = {
     "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"}, "MPO": {".jpg", ".jpeg", ".mpo"}, "PNG": {".png"},
     "GIF": {".gif"}, "BMP": {".bmp", ".dib"}, "WEBP": {".webp"},
@@ -148,9 +145,9 @@ def visible_files(folder: Path) -> list[Path]:
 def check_folder(
     data_dir: str | Path,
     *,
-    image_size: int = 224,
-    near_threshold: int = NEAR_THRESHOLD,
-    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    image_size: int = CheckSettings.image_size,
+    near_threshold: int = CheckSettings.near_threshold,
+    max_aspect_ratio: float = CheckSettings.max_aspect_ratio,
     min_classes: int = 2,
     cache_dir: str | Path | None = None,
 ) -> DataCheck:
@@ -158,10 +155,10 @@ def check_folder(
 
     `image_size` is the training size: images under half of it on a side are `tiny`.
     `near_threshold` is how many of 256 hash bits a near-duplicate may differ in (negative:
-    no near-duplicate search).
+    no near-duplicate search). File facts are cached in `cache_dir` (default
+    $TLEARN_CACHE_DIR or ~/.cache/tlearn).
     """
-    if near_threshold > 256:
-        raise TlearnError(f"--near-threshold must be at most 256 (bits of the hash), got {near_threshold}")
+    settings = settings_from(CheckSettings, locals())
     root = Path(data_dir)
     folders = class_folders(root, min_classes)
     labels = {path: folder.name for folder in folders for path in visible_files(folder)}
@@ -177,9 +174,9 @@ def check_folder(
         conversion = _conversion(fact)
         if conversion:
             converted.append(Finding(path, conversion))
-        if min(fact.width, fact.height) < image_size / 2:
-            tiny.append(Finding(path, f"{fact.width}x{fact.height}, under half of {image_size} px"))
-        if max(fact.width, fact.height) > max_aspect_ratio * min(fact.width, fact.height):
+        if min(fact.width, fact.height) < settings.image_size / 2:
+            tiny.append(Finding(path, f"{fact.width}x{fact.height}, under half of {settings.image_size} px"))
+        if max(fact.width, fact.height) > settings.max_aspect_ratio * min(fact.width, fact.height):
             extreme.append(Finding(path, f"{fact.width}x{fact.height}"))
 
     usable = [path for path in facts if facts[path].usable]
@@ -189,7 +186,7 @@ def check_folder(
     exact = [paths for paths in by_hash.values() if len(paths) > 1]
     across = [paths for paths in exact if len({labels[p] for p in paths}) > 1]
     within = [paths for paths in exact if len({labels[p] for p in paths}) == 1]
-    near = _near_duplicate_groups(usable, facts, near_threshold) if near_threshold >= 0 else []
+    near = _near_duplicate_groups(usable, facts, settings.near_threshold) if settings.near_threshold >= 0 else []
 
     counts = {folder.name: 0 for folder in folders}
     for path in usable:
@@ -197,7 +194,7 @@ def check_folder(
     return DataCheck(
         root, [folder.name for folder in folders], counts, facts, labels, unreadable, wrong_extension,
         converted, tiny, extreme, within, across, near,
-        {"image_size": image_size, "near_threshold": near_threshold, "max_aspect_ratio": max_aspect_ratio},
+        asdict(settings),
     )
 
 

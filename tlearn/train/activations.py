@@ -12,19 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from .dataset import ImageRecord, SkippedFile
-from .images import UnreadableImage, load_rgb
+from ..atomic import write_atomically, write_text_atomically
+from ..data.dataset import ImageRecord, SkippedFile
+from ..data.images import UnreadableImage, load_rgb
+from ..run import ModelSpec, Run
+from ..settings import default_cache_root
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class ActivationCache:
         folder.mkdir(parents=True, exist_ok=True)
         key_file = folder / "config.json"
         if not key_file.exists():
-            key_file.write_text(text + "\n", encoding="utf-8")
+            write_text_atomically(key_file, text + "\n")
         return cls(folder)
 
     def path(self, sha256: str, view: int) -> Path:
@@ -62,12 +64,29 @@ class ActivationCache:
         return np.load(self.path(sha256, view), allow_pickle=False)
 
     def store(self, sha256: str, view: int, activations: np.ndarray) -> None:
-        target = self.path(sha256, view)
-        target.parent.mkdir(exist_ok=True)
-        # Write then rename, so an interrupted run never leaves a truncated entry.
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
-            np.save(handle, activations.astype(np.float16), allow_pickle=False)
-        os.replace(handle.name, target)
+        # Atomically, so an interrupted run never leaves a truncated entry.
+        write_atomically(
+            self.path(sha256, view), lambda handle: np.save(handle, activations.astype(np.float16), allow_pickle=False)
+        )
+
+
+def activation_cache(
+    spec: ModelSpec, cut: str, policy: str, augment: str, seed: int, cache_dir: str | Path | None = None
+) -> ActivationCache:
+    """The cache of a model's activations at `cut` under a dtype `policy`, in `cache_dir`
+    (default $TLEARN_CACHE_DIR or ~/.cache/tlearn). Augmented views are named by the run's
+    augmentation and seed, so fit and finetune share them."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    cache = ActivationCache.for_config(
+        root, weights=spec.weights_identity, preprocess=spec.preprocess, image_size=spec.image_size, cut=cut,
+        policy=policy,
+    )
+    return cache.with_augment_key(f"{augment}-seed{seed}")
+
+
+def run_activation_cache(run: Run, cut: str, policy: str, cache_dir: str | Path | None = None) -> ActivationCache:
+    """Where a run's activations at `cut` are cached: the cache its fit filled."""
+    return activation_cache(run.spec, cut, policy, run.metadata.augment, run.metadata.split.seed, cache_dir)
 
 
 def compute_activations(
@@ -79,7 +98,6 @@ def compute_activations(
     batch_size: int = 32,
     progress: bool = True,
     description: str = "embedding",
-    embed: Callable[[np.ndarray], np.ndarray | list[np.ndarray]] | None = None,
 ) -> list[SkippedFile]:
     """Fill the caches for every record and view 0..views-1; return the files that failed to decode.
 
@@ -87,9 +105,8 @@ def compute_activations(
     takes a single cache. An image and view is embedded once if any cache lacks it, and goes
     to each cache that lacks it: entries already there are neither recomputed nor rewritten.
     View 0 is the plain image; views 1.. pass it through `augmenter` first. Decoding of the
-    next batch runs in threads while the model works on the current one. `embed` runs the
-    extractor on a batch (default: `predict_on_batch`; distribute.replica_embedder splits the
-    batch across devices).
+    next batch runs in threads while the model works on the current one. Under several
+    devices, `extractor` is the one Distribution.prepare_extractor made.
     """
     caches = [caches] if isinstance(caches, ActivationCache) else list(caches)
     if len(caches) != len(extractor.outputs):
@@ -98,7 +115,7 @@ def compute_activations(
         )
     # predict_on_batch runs a compiled graph, where TensorFlow fuses each convolution with its
     # bias and ReLU: 10-20% faster on a CPU than calling the model eagerly.
-    embed = embed or extractor.predict_on_batch
+    embed = extractor.predict_on_batch
     missing = _missing_entries(records, views, caches)
     pending_images = sorted(missing, key=lambda r: (r.sha256, str(r.path)))
     passes = sum(len(lacking_by_view) for lacking_by_view in missing.values())
@@ -160,26 +177,3 @@ def _decode(record: ImageRecord, size: int) -> np.ndarray | SkippedFile:
         return load_rgb(record.path, size)
     except UnreadableImage as error:
         return SkippedFile(record.path, str(error))
-    except OSError as error:
-        return SkippedFile(record.path, error.strerror or str(error))
-
-
-class CachedActivations(keras.utils.PyDataset):
-    """Batches of (activations, class index) of the plain images, in order, read from the cache.
-
-    For prediction and evaluation; training batches, shuffled and drawing among the views,
-    come from distribute.sharded_batches.
-    """
-
-    def __init__(self, cache, records, class_names, batch_size):
-        super().__init__()
-        self.cache, self.records, self.batch_size = cache, list(records), batch_size
-        self.labels = np.array([class_names.index(r.label) for r in self.records])
-
-    def __len__(self):
-        return -(-len(self.records) // self.batch_size)
-
-    def __getitem__(self, index):
-        chosen = range(index * self.batch_size, min((index + 1) * self.batch_size, len(self.records)))
-        activations = np.stack([self.cache.load(self.records[i].sha256, 0) for i in chosen])
-        return activations.astype(np.float32), self.labels[chosen.start : chosen.stop]

@@ -9,19 +9,19 @@ catches truncated files.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .images import SUPPORTED_FORMATS
+from ..atomic import write_text_atomically
+from .images import UnreadableImage, open_image, unreadable_reason
 
-_CACHE_VERSION = 2  # bump when FileFacts or how it is computed changes
+_CACHE_VERSION = 3  # bump when FileFacts or how it is computed changes
 
 
 @dataclass(frozen=True)
@@ -44,31 +44,33 @@ class FileFacts:
         return self.error is None
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def inspect_file(path: Path) -> FileFacts:
-    stat = path.stat()
-    base = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if stat.st_size == 0:
-        return FileFacts(**base, error="empty file (0 bytes)")
-    data = path.read_bytes()
+    """The facts of one file; a file that cannot be used has `error` set, nothing is raised."""
+    try:
+        stat = path.stat()
+        base = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        data = path.read_bytes()
+    except OSError as error:  # vanished or unreadable since the folder was listed
+        return FileFacts(size=0, mtime_ns=0, error=unreadable_reason(error))
     sha = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data) as image:
             facts = dict(
                 format=image.format, mode=image.mode, width=image.width, height=image.height,
                 frames=getattr(image, "n_frames", 1),
                 has_alpha=image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info,
             )
-            if image.format not in SUPPORTED_FORMATS:
-                return FileFacts(**base, sha256=sha, **facts, error=f"unsupported image format {image.format}")
             return FileFacts(**base, sha256=sha, **facts, **_fingerprints(image))
-    except Image.DecompressionBombError as error:
-        return FileFacts(**base, sha256=sha, error=f"too large to decode safely ({error})".split(" could be")[0])
-    except UnidentifiedImageError:
-        return FileFacts(**base, sha256=sha, error="not an image")
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        message = str(error) or type(error).__name__
-        reason = "truncated image" if "truncated" in message else f"cannot decode ({message})"
-        return FileFacts(**base, sha256=sha, error=reason)
+    except UnreadableImage as error:
+        return FileFacts(**base, sha256=sha, error=str(error))
 
 
 def _fingerprints(image: Image.Image) -> dict[str, str]:
@@ -89,8 +91,8 @@ def inspect_files(paths: list[Path], cache_file: Path | None = None, workers: in
     todo = []
     for path in paths:
         entry = cached.get(str(path))
-        stat = path.stat()
-        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+        stat = _stat_or_none(path)
+        if entry and stat and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
             facts[path] = FileFacts(**entry)
         else:
             todo.append(path)
@@ -99,6 +101,13 @@ def inspect_files(paths: list[Path], cache_file: Path | None = None, workers: in
             facts.update(zip(todo, pool.map(inspect_file, todo)))
         _write_cache(cache_file, {**cached, **{str(p): asdict(f) for p, f in facts.items()}})
     return {path: facts[path] for path in paths}
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None  # inspect_file says why
 
 
 def _read_cache(cache_file: Path | None) -> dict:
@@ -114,7 +123,4 @@ def _read_cache(cache_file: Path | None) -> dict:
 def _write_cache(cache_file: Path | None, files: dict) -> None:
     if cache_file is None:
         return
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"version": _CACHE_VERSION, "files": files}), encoding="utf-8")
-    os.replace(temporary, cache_file)
+    write_text_atomically(cache_file, json.dumps({"version": _CACHE_VERSION, "files": files}))

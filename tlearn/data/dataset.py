@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .check import NEAR_THRESHOLD, DataCheck, check_folder
-from .errors import TlearnError
+from ..errors import TlearnError
+from ..settings import CheckSettings
+from .check import DataCheck, check_folder
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ def scan_folder(
     data_dir: str | Path,
     *,
     min_classes: int = 2,
-    image_size: int = 224,
-    near_threshold: int = NEAR_THRESHOLD,
+    image_size: int = CheckSettings.image_size,
+    near_threshold: int = CheckSettings.near_threshold,
     keep_cross_class_duplicates: bool = False,
     cache_dir: str | Path | None = None,
 ) -> ScannedFolder:

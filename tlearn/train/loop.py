@@ -30,8 +30,12 @@ class EpochProgress(keras.callbacks.Callback):
 
 def _rounded(logs) -> dict[str, str]:
     shown = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
-    # np.mean: under multi-worker, step logs have shape [1] (see distribute.fittable)
-    return {short: f"{float(np.mean(logs[key])):.3f}" for key, short in shown.items() if logs and key in logs}
+    return {short: f"{_scalar(logs[key]):.3f}" for key, short in shown.items() if logs and key in logs}
+
+
+def _scalar(value) -> float:
+    """A logged number, whether Keras gives it as a float, a 0-d or a one-element tensor."""
+    return float(np.asarray(value).reshape(-1)[0])
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -43,23 +47,15 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
 
 
 def train_top(
-    top: keras.Model,
-    train,
-    validation,
-    epochs: int,
-    patience: int,
-    lr: float,
-    progress: bool = True,
-    *,
-    steps_per_epoch: int | None = None,
-    validation_steps: int | None = None,
+    top: keras.Model, train: tuple, validation: tuple, *, epochs: int, patience: int, lr: float, progress: bool = True
 ) -> tuple[dict[str, list[float]], int]:
     """Adam, best validation loss restored at the end; call it in the strategy's scope.
 
-    `train` yields (activations, labels, sample weights) and `validation` (activations,
-    labels): datasets, distributed ones included, or PyDatasets. The class weights are
-    in the sample weights, because Keras cannot apply `class_weight` to a distributed
-    dataset. Returns the per-epoch history and the (1-based) epoch whose weights were kept.
+    `train` is (dataset, steps per epoch) of (activations, labels, sample weights) and
+    `validation` (dataset, steps) of (activations, labels): endless datasets, as
+    Distribution.prepare_batches gives them. The class weights are in the sample weights,
+    because Keras cannot apply `class_weight` to a distributed dataset. Returns the
+    per-epoch history and the (1-based) epoch whose weights were kept.
     """
     top.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
@@ -67,15 +63,16 @@ def train_top(
         metrics=["accuracy"],
     )
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    (train_data, steps), (validation_data, validation_steps) = train, validation
     history = top.fit(
-        train,
-        validation_data=validation,
+        train_data,
+        validation_data=validation_data,
         epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps,
         validation_steps=validation_steps,
         shuffle=False,  # the datasets reshuffle themselves, per worker
         callbacks=[stopper, EpochProgress(epochs, progress)],
         verbose=0,
     )
-    result = {key: [float(v) for v in values] for key, values in history.history.items()}
+    result = {key: [_scalar(v) for v in values] for key, values in history.history.items()}
     return result, int(np.argmin(result["val_loss"])) + 1

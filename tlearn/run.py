@@ -1,0 +1,324 @@
+"""Run directories: the artifact that flows between commands.
+
+`RunFiles` is the one place that names a run's files; `RunMetadata` is tlearn.json as typed
+records (the model spec the classifier is rebuilt from, the split, every stage); `Run` is an
+existing run directory; `RunWriter` writes a new run or a new stage in a hidden staging
+folder and renames it into place when complete, so an interrupted or failed command never
+leaves a half-written export, and an existing run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import make_staging_folder, write_json_atomically
+from .errors import TlearnError
+from .settings import DEFAULT_MODELS_DIR
+
+if TYPE_CHECKING:
+    import keras
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where each artifact lives inside a run directory (or its staging folder)."""
+
+    root: Path
+
+    metadata = property(lambda self: self.root / "tlearn.json")
+    split = property(lambda self: self.root / "split.csv")
+    labels = property(lambda self: self.root / "labels.txt")
+    model = property(lambda self: self.root / "model.keras")
+    saved_model = property(lambda self: self.root / "saved_model")
+    report = property(lambda self: self.root / "report")
+    data_check_json = property(lambda self: self.root / "data_check.json")
+    data_check_text = property(lambda self: self.root / "data_check.txt")
+
+    def stage(self, name: str) -> Path:
+        """Where an earlier stage's artifacts go once a later stage replaces them."""
+        return self.root / "stages" / name
+
+    def evaluation(self, data_name: str) -> Path:
+        return self.report / f"evaluate-{data_name}"
+
+    def stage_artifacts(self) -> list[Path]:
+        """What each stage replaces: the export, the Keras model and the report."""
+        return [self.saved_model, self.model, self.report]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the classifier is rebuilt from (tlearn.json's top-level model keys)."""
+
+    class_names: list[str]
+    image_size: int
+    weights: str  # imagenet, none or the weights file's path
+    weights_identity: str  # what the base's numbers depend on: keys the activation cache
+    preprocess: str
+    dense_units: int
+    dropout: float
+
+    def build(self, weights: str = "none") -> keras.Model:
+        """The architecture under the current dtype policy; random weights unless `weights` says."""
+        from .model import build_classifier
+
+        return build_classifier(
+            self.class_names, self.image_size, weights, self.preprocess, self.dense_units, self.dropout
+        )
+
+
+@dataclass
+class SplitRecord:
+    seed: int
+    val_split: float
+    test_split: float
+    sizes: dict[str, int]
+    duplicate_groups: int = 0
+
+
+@dataclass
+class StageRecord:
+    """One training stage (fit, finetune, finetune-3, ...) as tlearn.json records it."""
+
+    name: str
+    settings: dict[str, Any]  # the command's settings, plus the cut layer it trained above
+    precision_policy: str
+    distribution: dict[str, Any]  # what --strategy resolved to: strategy, replicas, workers
+    epochs_run: int
+    best_epoch: int
+    history: dict[str, list[float]]
+    test_accuracy: float
+    test_macro_f1: float
+    wall_seconds: float
+    artifacts: str = "."  # where its saved_model/, model.keras and report/ are, in the run
+
+    @property
+    def unfreeze(self) -> int:
+        """How many base layers this stage trained (0: fit trained the head only)."""
+        return self.settings.get("unfreeze", 0)
+
+
+@dataclass
+class RunMetadata:
+    """tlearn.json: what later commands read instead of asking the user again."""
+
+    data_dir: str
+    model: ModelSpec
+    views: int
+    augment: str
+    split: SplitRecord
+    stages: list[StageRecord]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"path", "reason"}]
+    versions: dict[str, str] = field(default_factory=dict)
+    tlearn_version: str = ""
+    created: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "tlearn_version": self.tlearn_version, "created": self.created, "data_dir": self.data_dir,
+            **asdict(self.model), "views": self.views, "augment": self.augment, "split": asdict(self.split),
+            "skipped": self.skipped, "stages": [asdict(stage) for stage in self.stages], "versions": self.versions,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunMetadata:
+        return cls(
+            data_dir=data["data_dir"], model=_known(ModelSpec, data), views=data["views"], augment=data["augment"],
+            split=_known(SplitRecord, data["split"]), stages=[_known(StageRecord, s) for s in data["stages"]],
+            skipped=data.get("skipped", []), versions=data.get("versions", {}),
+            tlearn_version=data.get("tlearn_version", ""), created=data.get("created", ""),
+        )
+
+
+def _known(record_class, data: dict):
+    """`record_class` from the keys of `data` it has fields for (a newer tlearn may add keys)."""
+    return record_class(**{f.name: data[f.name] for f in fields(record_class) if f.name in data})
+
+
+class Run:
+    """An existing run directory and its metadata.
+
+        run = Run.open("models/weather")
+        run.finetune(unfreeze=4)
+        run.predict(["photo.jpg"])
+    """
+
+    def __init__(self, path: Path, metadata: RunMetadata):
+        self.path, self.metadata = Path(path), metadata
+        self.files = RunFiles(self.path)
+
+    @classmethod
+    def open(cls, path: str | Path | Run | None = None, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Run:
+        """The run at `path`, or the newest run in `models_dir` when `path` is None."""
+        if isinstance(path, Run):
+            return path
+        found = Path(path) if path is not None else newest_run(models_dir)
+        metadata_file = RunFiles(found).metadata
+        if not metadata_file.is_file():
+            raise TlearnError(f"{found} is not a tlearn run (no {metadata_file.name}): give a folder that `tlearn fit` wrote")
+        try:
+            metadata = RunMetadata.from_json(json.loads(metadata_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise TlearnError(f"{metadata_file} cannot be read ({type(error).__name__}: {error}): "
+                              "the run is damaged; fit it again") from None
+        return cls(found, metadata)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.metadata.model
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.spec.class_names
+
+    @property
+    def last_stage(self) -> StageRecord:
+        return self.metadata.stages[-1]
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.metadata.data_dir)
+
+    def load_model(self) -> keras.Model:
+        """The run's classifier, rebuilt from its spec under the current dtype policy.
+
+        Building anew (rather than using the loaded model as is) lets each stage choose its
+        own precision; model.keras is read in safe mode, so the file cannot run code.
+        """
+        from .model import load_classifier
+
+        model = self.spec.build()
+        model.set_weights(load_classifier(self.files.model).get_weights())
+        return model
+
+    def read_split(self, data_dir: str | Path | None = None, subsets: tuple[str, ...] | None = None) -> dict:
+        """The recorded train/validation/test records (or only `subsets`), with paths under
+        `data_dir` (default: where the run's data was); a TlearnError names a missing file."""
+        from .data.split import SUBSETS, read_split_csv
+
+        recorded = read_split_csv(self.files.split, Path(data_dir) if data_dir is not None else self.data_dir)
+        subsets = {name: recorded[name] for name in subsets or SUBSETS}
+        missing = [record.path for records in subsets.values() for record in records if not record.path.exists()]
+        if missing:
+            raise TlearnError(
+                f"{len(missing)} images of the run's split are missing, e.g. {missing[0]}: "
+                "if the dataset moved, pass its new place with --data"
+            )
+        return subsets
+
+    def save_metadata(self) -> None:
+        write_json_atomically(self.files.metadata, self.metadata.to_json())
+
+    def finetune(self, **settings):
+        """`tlearn.finetune` on this run; see there for the settings."""
+        from .train.stages import finetune
+
+        return finetune(self, **settings)
+
+    def evaluate(self, **settings):
+        """`tlearn.evaluate` on this run; see there for the settings."""
+        from .evaluation import evaluate
+
+        return evaluate(self, **settings)
+
+    def predict(self, images, **settings):
+        """`tlearn.predict` with this run's model; see there for the settings."""
+        from .prediction import predict
+
+        return predict(images, model=self, **settings)
+
+
+def load_model(run: str | Path | Run | None = None, models_dir: str | Path = DEFAULT_MODELS_DIR) -> keras.Model:
+    """A run's Keras model, loaded in safe mode (default: the newest run in `models_dir`).
+
+    Use this rather than `keras.saving.load_model("RUN/model.keras")`: that needs tlearn's
+    preprocessing layer registered first, which importing this function does.
+    """
+    return Run.open(run, models_dir).load_model()
+
+
+def newest_run(models_dir: str | Path) -> Path:
+    models = Path(models_dir)
+    runs = [p for p in models.iterdir() if RunFiles(p).metadata.is_file()] if models.is_dir() else []
+    if not runs:
+        raise TlearnError(f"no runs in {models}/: run `tlearn fit DATA_DIR` first, or pass --model RUN_DIR")
+    return max(runs, key=lambda p: RunFiles(p).metadata.stat().st_mtime)
+
+
+def check_out_is_free(out: str | Path | None) -> None:
+    if out is not None and Path(out).exists() and any(Path(out).iterdir()):
+        raise TlearnError(f"--out {out} already exists and is not empty: choose another --out or remove it")
+
+
+class RunWriter:
+    """A run, or a run's next stage, written in a hidden staging folder and then published.
+
+    Use as a context manager: whatever was not published is removed on the way out. With
+    `publish=False` (a multi-worker worker other than the chief) the folder is a temporary one
+    outside `parent` and publishing does nothing: every worker writes, one publishes.
+    """
+
+    def __init__(self, parent: str | Path, *, publish: bool = True):
+        self.parent, self.publishes = Path(parent), publish
+        folder = make_staging_folder(self.parent) if publish else Path(tempfile.mkdtemp(prefix="tlearn-worker-"))
+        self.files = RunFiles(folder)
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.files.root, ignore_errors=True)
+
+    def publish_new(self, out: str | Path | None, models_dir: str | Path, name: str) -> Path | None:
+        """Rename the complete staging folder to `out`, or to `models_dir/name` (`-2`, `-3`, ... if taken)."""
+        if not self.publishes:
+            return None
+        if out is not None:
+            check_out_is_free(out)
+            os.replace(self.files.root, out)
+            return Path(out)
+        while True:
+            candidate = _free_run_dir(Path(models_dir), name)
+            try:
+                os.rename(self.files.root, candidate)  # fails if another run claimed the name meanwhile
+                return candidate
+            except OSError:
+                if not candidate.exists():
+                    raise
+
+    def publish_stage(self, run: Run, stage: StageRecord, skipped: list[dict[str, str]]) -> Path | None:
+        """Move the run's current artifacts to stages/<its last stage>/, the staged ones into
+        place, and record `stage`. At every moment each stage's files exist complete in one
+        of the two places."""
+        if not self.publishes:
+            return None
+        previous = run.last_stage
+        keep = RunFiles(run.files.stage(previous.name))
+        keep.root.mkdir(parents=True, exist_ok=False)
+        for current, kept in zip(run.files.stage_artifacts(), keep.stage_artifacts()):
+            if current.exists():
+                os.rename(current, kept)
+        for staged, current in zip(self.files.stage_artifacts(), run.files.stage_artifacts()):
+            os.rename(staged, current)
+        previous.artifacts = f"stages/{previous.name}"
+        run.metadata.stages.append(stage)
+        run.metadata.skipped += skipped
+        run.save_metadata()
+        return run.path
+
+
+def _free_run_dir(models_dir: Path, name: str) -> Path:
+    """models_dir/name, or name-2, name-3, ... if taken."""
+    candidate, number = models_dir / name, 1
+    while candidate.exists():
+        number += 1
+        candidate = models_dir / f"{name}-{number}"
+    return candidate
