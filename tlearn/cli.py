@@ -101,10 +101,10 @@ def _option(spec):
     if isinstance(spec.default, bool):
         if spec.default:
             return click.option(f"{name}/--no-{name[2:]}", spec.name, default=True, show_default=True, help=help_text)
-        return click.option(name, spec.name, is_flag=True, help=help_text)
+        return click.option(name, spec.name, is_flag=True, default=False, help=help_text)
     kind = click.Choice(choices) if choices else type(spec.default) if spec.default is not None else str
     if shown:  # a default that depends on the environment, said in words
-        return click.option(name, spec.name, type=kind, help=f"{help_text}  [default: {shown}]")
+        return click.option(name, spec.name, type=kind, default=spec.default, help=f"{help_text}  [default: {shown}]")
     return click.option(name, spec.name, type=kind, default=spec.default, show_default=True, help=help_text)
 
 
@@ -126,7 +126,7 @@ def _models_dir_option(function):
 
 def _cache_dir_option(function):
     return click.option(
-        "--cache-dir", type=click.Path(file_okay=False),
+        "--cache-dir", type=click.Path(file_okay=False), default=None,
         help="Where activations and file facts are cached. [default: $TLEARN_CACHE_DIR or ~/.cache/tlearn]",
     )(function)
 

@@ -1,10 +1,10 @@
 """Run directories: the artifact that flows between commands.
 
-`RunFiles` is the one place that names a run's files; `RunMetadata` is tlearn.json as typed
-records (the model spec the classifier is rebuilt from, the split, every stage); `Run` is an
-existing run directory; `RunWriter` writes a new run or a new stage in a hidden staging
-folder and renames it into place when complete, so an interrupted or failed command never
-leaves a half-written export, and an existing run is never overwritten.
+`RunFiles` is the one place that names a run's files; `Run` is an existing run directory with
+its metadata (metadata.py: tlearn.json as typed records); `RunWriter` writes a new run or a
+new stage in a hidden staging folder and renames it into place when complete, so an
+interrupted or failed command never leaves a half-written export, and an existing run is
+never overwritten.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .atomic import make_staging_folder, write_json_atomically
 from .errors import TlearnError
+from .metadata import ModelSpec, RunMetadata, StageRecord
 from .settings import DEFAULT_MODELS_DIR
 
 if TYPE_CHECKING:
@@ -49,95 +50,6 @@ class RunFiles:
     def stage_artifacts(self) -> list[Path]:
         """What each stage replaces: the export, the Keras model and the report."""
         return [self.saved_model, self.model, self.report]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything the classifier is rebuilt from (tlearn.json's top-level model keys)."""
-
-    class_names: list[str]
-    image_size: int
-    weights: str  # imagenet, none or the weights file's path
-    weights_identity: str  # what the base's numbers depend on: keys the activation cache
-    preprocess: str
-    dense_units: int
-    dropout: float
-
-    def build(self, weights: str = "none") -> keras.Model:
-        """The architecture under the current dtype policy; random weights unless `weights` says."""
-        from .model import build_classifier
-
-        return build_classifier(
-            self.class_names, self.image_size, weights, self.preprocess, self.dense_units, self.dropout
-        )
-
-
-@dataclass
-class SplitRecord:
-    seed: int
-    val_split: float
-    test_split: float
-    sizes: dict[str, int]
-    duplicate_groups: int = 0
-
-
-@dataclass
-class StageRecord:
-    """One training stage (fit, finetune, finetune-3, ...) as tlearn.json records it."""
-
-    name: str
-    settings: dict[str, Any]  # the command's settings, plus the cut layer it trained above
-    precision_policy: str
-    distribution: dict[str, Any]  # what --strategy resolved to: strategy, replicas, workers
-    epochs_run: int
-    best_epoch: int
-    history: dict[str, list[float]]
-    test_accuracy: float
-    test_macro_f1: float
-    wall_seconds: float
-    artifacts: str = "."  # where its saved_model/, model.keras and report/ are, in the run
-
-    @property
-    def unfreeze(self) -> int:
-        """How many base layers this stage trained (0: fit trained the head only)."""
-        return self.settings.get("unfreeze", 0)
-
-
-@dataclass
-class RunMetadata:
-    """tlearn.json: what later commands read instead of asking the user again."""
-
-    data_dir: str
-    model: ModelSpec
-    views: int
-    augment: str
-    split: SplitRecord
-    stages: list[StageRecord]
-    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"path", "reason"}]
-    versions: dict[str, str] = field(default_factory=dict)
-    tlearn_version: str = ""
-    created: str = ""
-
-    def to_json(self) -> dict:
-        return {
-            "tlearn_version": self.tlearn_version, "created": self.created, "data_dir": self.data_dir,
-            **asdict(self.model), "views": self.views, "augment": self.augment, "split": asdict(self.split),
-            "skipped": self.skipped, "stages": [asdict(stage) for stage in self.stages], "versions": self.versions,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> RunMetadata:
-        return cls(
-            data_dir=data["data_dir"], model=_known(ModelSpec, data), views=data["views"], augment=data["augment"],
-            split=_known(SplitRecord, data["split"]), stages=[_known(StageRecord, s) for s in data["stages"]],
-            skipped=data.get("skipped", []), versions=data.get("versions", {}),
-            tlearn_version=data.get("tlearn_version", ""), created=data.get("created", ""),
-        )
-
-
-def _known(record_class, data: dict):
-    """`record_class` from the keys of `data` it has fields for (a newer tlearn may add keys)."""
-    return record_class(**{f.name: data[f.name] for f in fields(record_class) if f.name in data})
 
 
 class Run:

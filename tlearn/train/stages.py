@@ -21,8 +21,8 @@ import tensorflow as tf
 from .. import __version__
 from ..atomic import write_json_atomically, write_text_atomically
 from ..augment import build_augmenter, write_augmentation_preview
-from ..data.check import DataCheck, format_check
-from ..data.dataset import ImageRecord, SkippedFile, scan_folder
+from ..data.check import format_check
+from ..data.dataset import ImageRecord, ScannedFolder, SkippedFile, scan_folder
 from ..data.images import UnreadableImage, load_rgb
 from ..data.split import SUBSETS, split_records, write_split_csv
 from ..distribute import Distribution, make_distribution
@@ -31,7 +31,8 @@ from ..export import export_classifier
 from ..model import cut_layer_name, feature_extractor, set_trainable_top, trainable_top, weights_identity
 from ..precision import apply_precision_policy
 from ..report import classification_metrics, write_evaluation, write_history
-from ..run import ModelSpec, Run, RunFiles, RunMetadata, RunWriter, SplitRecord, StageRecord, check_out_is_free
+from ..metadata import ModelSpec, RunMetadata, SplitRecord, StageRecord
+from ..run import Run, RunFiles, RunWriter, check_out_is_free
 from ..settings import DEFAULT_MODELS_DIR, FinetuneSettings, FitSettings, TrainingSettings, settings_from
 from .activations import ActivationCache, activation_cache, compute_activations, run_activation_cache
 from .batches import ActivationBatches, predict_cached
@@ -109,25 +110,11 @@ def fit(
     caches = _fit_caches(model, spec, settings, policy, cache_dir)
     augmenter = build_augmenter(settings.augment, settings.seed) if settings.views > 1 or settings.preview_augment else None
     outcome = _train_stage(model, caches, subsets, spec.class_names, distribution, settings, augmenter, settings.seed, progress)
-    skipped = scanned.skipped + outcome.skipped
     stage = _stage_record("fit", settings, next(iter(caches)), outcome, started, policy, distribution)
-    split = SplitRecord(settings.seed, settings.val_split, settings.test_split, outcome.sizes,
-                        len(scanned.check.split_groups()))
-    metadata = RunMetadata(
-        str(scanned.root.resolve()), spec, settings.views, settings.augment, split, [stage], _as_json(skipped),
-        _versions(), __version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    )
-    with RunWriter(Path(out).parent if out is not None else models_dir, publish=distribution.is_chief) as writer:
-        _write_stage(writer.files, model, metadata.stages, outcome.metrics, spec.class_names)
-        write_split_csv(writer.files.split, scanned.root, outcome.subsets, skipped)
-        _write_data_check(writer.files, scanned.check)
-        if settings.preview_augment and augmenter is not None:
-            _write_augmentation_preview(outcome.subsets["train"], spec.class_names, augmenter, spec.image_size,
-                                        writer.files.report / "augmentation.png")
-        write_json_atomically(writer.files.metadata, metadata.to_json())
-        run_dir = writer.publish_new(out, models_dir, scanned.root.resolve().name)
-    return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics, outcome.sizes, skipped,
-                     stage.wall_seconds, scanned.check.summary())
+    run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter,
+                           publish=distribution.is_chief)
+    return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics, outcome.sizes,
+                     scanned.skipped + outcome.skipped, stage.wall_seconds, scanned.check.summary())
 
 
 def finetune(
@@ -167,6 +154,28 @@ def finetune(
         published = writer.publish_stage(run, stage, _as_json(outcome.skipped))
     return RunResult(published, name, outcome.metrics["accuracy"], outcome.metrics, outcome.sizes, outcome.skipped,
                      stage.wall_seconds)
+
+
+def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, settings: FitSettings, model,
+                 outcome: _StageOutcome, stage: StageRecord, augmenter, *, publish: bool) -> Path | None:
+    """Write the new run in a staging folder and rename it into place; returns where it went."""
+    skipped = scanned.skipped + outcome.skipped
+    split = SplitRecord(settings.seed, settings.val_split, settings.test_split, outcome.sizes,
+                        len(scanned.check.split_groups()))
+    metadata = RunMetadata(
+        str(scanned.root.resolve()), spec, settings.views, settings.augment, split, [stage], _as_json(skipped),
+        _versions(), __version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    with RunWriter(Path(out).parent if out is not None else models_dir, publish=publish) as writer:
+        _write_stage(writer.files, model, metadata.stages, outcome.metrics, spec.class_names)
+        write_split_csv(writer.files.split, scanned.root, outcome.subsets, skipped)
+        write_json_atomically(writer.files.data_check_json, scanned.check.to_dict())
+        write_text_atomically(writer.files.data_check_text, format_check(scanned.check))
+        if settings.preview_augment and augmenter is not None:
+            _write_augmentation_preview(outcome.subsets["train"], spec.class_names, augmenter, spec.image_size,
+                                        writer.files.report / "augmentation.png")
+        write_json_atomically(writer.files.metadata, metadata.to_json())
+        return writer.publish_new(out, models_dir, scanned.root.resolve().name)
 
 
 def _fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache_dir) -> dict[str, ActivationCache]:
@@ -255,11 +264,6 @@ def _write_stage(files: RunFiles, model, stages: list[StageRecord], metrics: dic
     export_classifier(model, class_names, files)
     write_evaluation(metrics, class_names, files.report, f"test split, after {stages[-1].name}")
     write_history(stages, files.report)
-
-
-def _write_data_check(files: RunFiles, check: DataCheck) -> None:
-    write_json_atomically(files.data_check_json, check.to_dict())
-    write_text_atomically(files.data_check_text, format_check(check))
 
 
 def _write_augmentation_preview(train, class_names, augmenter, image_size, path: Path) -> None:
