@@ -49,7 +49,7 @@ def test_newest_run_in_models_dir_is_the_default(run_copy, dataset_dir, monkeypa
 def test_missing_file_is_an_error_row(fitted_run, tmp_path):
     result = run_cli("predict", tmp_path / "nope.jpg", "--model", fitted_run)
     assert result.exit_code == 1
-    assert "No such file" in result.output
+    assert "no such file (moved or deleted?)" in result.output
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,21 @@ def test_incomplete_run_is_a_clear_error(run_copy, dataset_dir):
     shutil.rmtree(run_copy / "saved_model")
     result = run_cli("predict", dataset_dir / "rain" / "rain2.jpg", "--model", run_copy)
     assert result.exit_code == 2 and "has no saved_model/" in result.output
+
+
+def test_tensorflow_start_up_noise_stays_out_of_the_output(fitted_run, dataset_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tlearn
+
+    root = Path(tlearn.__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "tlearn", "predict", str(dataset_dir / "rain" / "rain2.jpg"), "--model", str(fitted_run)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no oneDNN, CUDA or absl lines: nothing a user can act on
+    assert done.stdout.splitlines()[1].split()[1] == "rain"

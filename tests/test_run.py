@@ -1,6 +1,7 @@
 """The Run object: a run directory's layout and typed metadata, and how runs are written."""
 
 import ast
+import os
 import json
 import subprocess
 import sys
@@ -79,3 +80,29 @@ def test_distribution_is_an_adapter_at_the_edge():
     for path in [*(PACKAGE / "data").glob("*.py"), PACKAGE / "model.py", *(PACKAGE / "train").glob("*.py")]:
         if path.name != "stages.py":  # the stages hand their work to the adapter
             assert "tlearn.distribute" not in _tlearn_imports(path), path.name
+
+
+def test_runs_and_caches_are_readable_as_the_umask_says(tmp_path):
+    from conftest import FAST_FIT, make_class_folders
+
+    data = make_class_folders(tmp_path / "colours", per_class=4)
+    previous = os.umask(0o022)  # the usual one: a serving account in the group or others can read
+    try:
+        result = run_cli("fit", data, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", *FAST_FIT,
+                         "--epochs", "1", "--val-split", "0.25", "--test-split", "0.25")
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    folders = [tmp_path / "run", *(p for p in (tmp_path / "run").rglob("*") if p.is_dir())]
+    files = [p for root in ("run", "cache") for p in (tmp_path / root).rglob("*") if p.is_file()]
+    assert {oct(p.stat().st_mode & 0o777) for p in folders} == {"0o755"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
+    assert any(p.suffix == ".npy" for p in files) and any(p.name == "saved_model.pb" for p in files)
+
+
+def test_a_garbage_model_file_is_called_what_it_is(run_copy):
+    (run_copy / "model.keras").write_bytes(b"not a zip archive\n")
+    result = run_cli("evaluate", run_copy, "--no-progress")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {run_copy / 'model.keras'} is not a valid Keras file " \
+                                    "(not a .keras zip archive): the run is damaged; fit it again"

@@ -22,10 +22,11 @@ from .settings import (
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Lines TensorFlow's C++ start-up writes to stderr whatever TF_CPP_MIN_LOG_LEVEL says
-# (CUDA probing on a machine without a GPU, CPU feature notes): nothing a user can act on.
+# (CUDA probing on a machine without a GPU, CPU feature notes, oneDNN's note, printed twice
+# since two of its libraries load): nothing a user can act on.
 _STARTUP_NOISE = (
     "absl::InitializeLog", "cudart_stub.cc", "cpu_feature_guard.cc", "rebuild TensorFlow with the appropriate",
-    "cuda_platform.cc", "cuda_executor.cc", "Unable to register cu",
+    "cuda_platform.cc", "cuda_executor.cc", "Unable to register cu", "oneDNN custom operations are on",
 )
 
 

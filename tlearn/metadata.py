@@ -80,12 +80,17 @@ class RunMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     tlearn_version: str = ""
     created: str = ""
+    # Only while a finetune swaps its artifacts in: {"staging", "stage", "skipped"}, so that a
+    # command interrupted there is completed by the next one to open the run (run.py).
+    pending: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
+        pending = {"pending": self.pending} if self.pending else {}
         return {
             "tlearn_version": self.tlearn_version, "created": self.created, "data_dir": self.data_dir,
             **asdict(self.model), "views": self.views, "augment": self.augment, "split": asdict(self.split),
             "skipped": self.skipped, "stages": [asdict(stage) for stage in self.stages], "versions": self.versions,
+            **pending,
         }
 
     @classmethod
@@ -94,8 +99,12 @@ class RunMetadata:
             data_dir=data["data_dir"], model=_known(ModelSpec, data), views=data["views"], augment=data["augment"],
             split=_known(SplitRecord, data["split"]), stages=[_known(StageRecord, s) for s in data["stages"]],
             skipped=data.get("skipped", []), versions=data.get("versions", {}),
-            tlearn_version=data.get("tlearn_version", ""), created=data.get("created", ""),
+            tlearn_version=data.get("tlearn_version", ""), created=data.get("created", ""), pending=data.get("pending"),
         )
+
+
+def stage_from_json(data: dict) -> StageRecord:
+    return _known(StageRecord, data)
 
 
 def _known(record_class, data: dict):

@@ -7,6 +7,7 @@ raw RGB pixels (0-255) of any size and nobody can get preprocessing wrong at pre
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -179,7 +180,12 @@ def trainable_top(model: keras.Model, cut: str) -> keras.Model:
 
 def load_classifier(path: Path) -> keras.Model:
     """Load a run's model.keras in safe mode: no arbitrary code from the file runs."""
+    if not Path(path).is_file():
+        raise TlearnError(f"{path} does not exist: the run is incomplete; fit it again")
+    # Keras answers "File not found" for any file that is not a zip archive.
+    if not zipfile.is_zipfile(path):
+        raise TlearnError(f"{path} is not a valid Keras file (not a .keras zip archive): the run is damaged; fit it again")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except (OSError, ValueError) as error:
-        raise TlearnError(f"cannot load {path}: {error}".splitlines()[0]) from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise TlearnError(f"{path} is not a valid Keras file ({error}".splitlines()[0] + "): fit the run again") from None

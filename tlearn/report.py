@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: works on servers and in CI without a display
 import matplotlib.pyplot as plt
-from matplotlib import transforms
+from matplotlib import font_manager, ft2font, transforms
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
@@ -47,7 +51,51 @@ def format_classification_table(metrics: dict, class_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def fonts_for(texts: list[str]) -> Iterator[None]:
+    """Draw `texts` (class names in any script) with installed fonts that have their glyphs.
+
+    Matplotlib's default font lacks Korean, Chinese, Arabic, ...; listing fonts that have
+    them after it makes matplotlib fall back glyph by glyph. Where no installed font has a
+    glyph it still draws a box, without a warning per missing glyph.
+    """
+    fallbacks = _fonts_with_glyphs(frozenset("".join(texts)))
+    with plt.rc_context({"font.family": [*plt.rcParams["font.family"], *fallbacks]}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        yield
+
+
+@functools.lru_cache(maxsize=64)
+def _fonts_with_glyphs(characters: frozenset[str]) -> tuple[str, ...]:
+    """Names of installed fonts that together have the glyphs the default font lacks."""
+    missing = set(characters) - _glyphs(font_manager.findfont(font_manager.FontProperties()))
+    fonts: list[str] = []
+    for entry in font_manager.fontManager.ttflist:
+        if not missing:
+            break
+        if entry.name.startswith("Last Resort"):  # matplotlib's font of placeholder boxes
+            continue
+        covered = missing & _glyphs(entry.fname)
+        if covered and entry.name not in fonts:
+            fonts.append(entry.name)
+            missing -= covered
+    return tuple(fonts)
+
+
+@functools.lru_cache(maxsize=None)
+def _glyphs(font_file: str) -> frozenset[str]:
+    try:
+        return frozenset(chr(code) for code in ft2font.FT2Font(font_file).get_charmap())
+    except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read
+        return frozenset()
+
+
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
+    with fonts_for([*class_names, title]):
+        _plot_confusion_matrix(matrix, class_names, path, title)
+
+
+def _plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
     counts = np.array(matrix)
     size = max(4.5, 0.7 * len(class_names) + 2.5)
     figure, axes = plt.subplots(figsize=(size, size))

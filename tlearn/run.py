@@ -13,13 +13,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import make_staging_folder, write_json_atomically
 from .errors import TlearnError
-from .metadata import ModelSpec, RunMetadata, StageRecord
+from .metadata import ModelSpec, RunMetadata, StageRecord, stage_from_json
 from .settings import DEFAULT_MODELS_DIR
 
 if TYPE_CHECKING:
@@ -78,7 +78,9 @@ class Run:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise TlearnError(f"{metadata_file} cannot be read ({type(error).__name__}: {error}): "
                               "the run is damaged; fit it again") from None
-        return cls(found, metadata)
+        run = cls(found, metadata)
+        run.complete_pending_stage()
+        return run
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -128,6 +130,41 @@ class Run:
 
     def save_metadata(self) -> None:
         write_json_atomically(self.files.metadata, self.metadata.to_json())
+
+    def complete_pending_stage(self) -> None:
+        """Finish switching to a new stage whose switch was interrupted (see RunWriter.publish_stage).
+
+        Every step checks what is already done, so running this again after a crash in it
+        is safe. Until tlearn.json records the switch, the previous stage's files are whole
+        at the root or in stages/; the new stage's are whole in the staging folder.
+        """
+        pending = self.metadata.pending
+        if not pending:
+            return
+        staged = RunFiles(self.path / pending["staging"])
+        previous = self.last_stage
+        kept = RunFiles(self.files.stage(previous.name))
+        if not staged.root.is_dir():  # the new stage is lost: stay with (or move back to) the previous one
+            for current, keep in zip(self.files.stage_artifacts(), kept.stage_artifacts()):
+                if not current.exists() and keep.exists():
+                    os.rename(keep, current)
+            self.metadata.pending = None
+            self.save_metadata()
+            return
+        kept.root.mkdir(parents=True, exist_ok=True)
+        for current, keep, new in zip(self.files.stage_artifacts(), kept.stage_artifacts(), staged.stage_artifacts()):
+            if not new.exists():
+                continue  # already in place
+            if current.exists():
+                _remove(keep)  # what an abandoned earlier attempt may have left there
+                os.rename(current, keep)
+            os.rename(new, current)
+        previous.artifacts = f"stages/{previous.name}"
+        self.metadata.stages.append(stage_from_json(pending["stage"]))
+        self.metadata.skipped += pending["skipped"]
+        self.metadata.pending = None
+        self.save_metadata()
+        shutil.rmtree(staged.root, ignore_errors=True)
 
     def finetune(self, **settings):
         """`tlearn.finetune` on this run; see there for the settings."""
@@ -182,12 +219,14 @@ class RunWriter:
         self.parent, self.publishes = Path(parent), publish
         folder = make_staging_folder(self.parent) if publish else Path(tempfile.mkdtemp(prefix="tlearn-worker-"))
         self.files = RunFiles(folder)
+        self.handed_over = False
 
     def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        shutil.rmtree(self.files.root, ignore_errors=True)
+        if not self.handed_over:
+            shutil.rmtree(self.files.root, ignore_errors=True)
 
     def publish_new(self, out: str | Path | None, models_dir: str | Path, name: str) -> Path | None:
         """Rename the complete staging folder to `out`, or to `models_dir/name` (`-2`, `-3`, ... if taken)."""
@@ -207,24 +246,27 @@ class RunWriter:
                     raise
 
     def publish_stage(self, run: Run, stage: StageRecord, skipped: list[dict[str, str]]) -> Path | None:
-        """Move the run's current artifacts to stages/<its last stage>/, the staged ones into
-        place, and record `stage`. At every moment each stage's files exist complete in one
-        of the two places."""
+        """Make the staged artifacts the run's current ones and record `stage`; the previous
+        stage's move to stages/<its name>/.
+
+        tlearn.json first records the switch as pending (one atomic write), then the files
+        are renamed: a command killed in between leaves the new stage whole in the staging
+        folder, and the next command to open the run completes the switch.
+        """
         if not self.publishes:
             return None
-        previous = run.last_stage
-        keep = RunFiles(run.files.stage(previous.name))
-        keep.root.mkdir(parents=True, exist_ok=False)
-        for current, kept in zip(run.files.stage_artifacts(), keep.stage_artifacts()):
-            if current.exists():
-                os.rename(current, kept)
-        for staged, current in zip(self.files.stage_artifacts(), run.files.stage_artifacts()):
-            os.rename(staged, current)
-        previous.artifacts = f"stages/{previous.name}"
-        run.metadata.stages.append(stage)
-        run.metadata.skipped += skipped
+        run.metadata.pending = {"staging": self.files.root.name, "stage": asdict(stage), "skipped": skipped}
         run.save_metadata()
+        self.handed_over = True  # the run owns the staging folder now: it completes the switch from it
+        run.complete_pending_stage()
         return run.path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _free_run_dir(models_dir: Path, name: str) -> Path:

@@ -7,6 +7,7 @@ reason from each of them. Files are recognised by content, whatever their extens
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import re
 from pathlib import Path
@@ -23,6 +24,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"})
 EMPTY_FILE = "empty file (0 bytes)"
 NOT_AN_IMAGE = "not an image"
 TRUNCATED = "truncated image"
+NO_SUCH_FILE = "no such file (moved or deleted?)"
+PERMISSION_DENIED = "permission denied: this user may not read it"
+_OS_REASONS = {errno.ENOENT: NO_SUCH_FILE, errno.EACCES: PERMISSION_DENIED, errno.EPERM: PERMISSION_DENIED,
+               errno.EIO: "input/output error: the disk or network share failed to read it"}
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
@@ -38,8 +43,8 @@ def unreadable_reason(error: BaseException) -> str:
         return _too_large(str(error))
     if isinstance(error, UnidentifiedImageError):
         return NOT_AN_IMAGE
-    if isinstance(error, OSError) and error.strerror:  # from the operating system: permissions, vanished files
-        return error.strerror
+    if isinstance(error, OSError) and error.errno is not None:  # from the operating system
+        return _OS_REASONS.get(error.errno) or (error.strerror or str(error)).lower()
     message = str(error) or type(error).__name__
     return TRUNCATED if "truncated" in message else f"cannot decode ({message})"
 
