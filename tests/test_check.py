@@ -1,6 +1,9 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,7 +89,7 @@ def test_cli_exit_codes_and_json(planted, tmp_path):
     report = json.loads(result.stdout)
     assert report["needs_attention"] and report["images"] == 26
     assert {"path": "owls/png_inside.jpg", "detail": "PNG named .jpg"} in report["wrong_extension"]
-    clean = make_class_folders(tmp_path / "clean", per_class=3, size=160)
+    clean = make_class_folders(tmp_path / "clean", per_class=10, size=160)  # fewer per class is a finding
     result = run_cli("check", clean, "--cache-dir", tmp_path)
     assert result.exit_code == 0 and result.output.rstrip().endswith("No problems found.")
     assert run_cli("check", tmp_path / "missing").exit_code == 2
@@ -135,3 +138,58 @@ def test_fit_on_planted_problems_reports_them(planted, tmp_path):
            "left out, 2 duplicate groups kept together" in result.output
     assert json.loads((run / "data_check.json").read_text())["near_duplicates"] == [["cats/cats3.jpg", "cats/cats3_large.jpg"]]
     assert "Near-duplicates" in (run / "data_check.txt").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from /proc")
+def test_a_huge_picture_is_reported_without_decoding_it(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=10, size=160)
+    Image.new("1", (12_000, 12_000), 1).save(data / "cloudy" / "canvas.png")  # 144 megapixels, 41 KB on disk
+    result = run_cli("check", data, "--cache-dir", tmp_path / "cache")
+    assert ("Very large images, over 50 megapixels: a full decode takes about 3 bytes of memory a pixel (1):\n"
+            "  cloudy/canvas.png  12000x12000, 144 megapixels: not decoded by check, so not searched for "
+            "near-duplicates\n") in result.output
+    assert result.exit_code == 1
+    # In a process of its own: its peak memory (a full decode took check to 0.9 GB) and its
+    # stderr (Pillow's DecompressionBombWarning would add two lines of source code).
+    measure = ("import sys; from tlearn.data.check import check_folder; "
+               "check_folder(sys.argv[1], cache_dir=sys.argv[2]); "
+               "print(next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1])")
+    process = subprocess.run([sys.executable, "-c", measure, str(data), str(tmp_path / "fresh-cache")],
+                             capture_output=True, text=True, check=True)
+    assert int(process.stdout) < 300_000  # kB
+    assert process.stderr == ""
+
+
+def test_a_truncated_huge_png_is_still_found(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=1)
+    canvas = tmp_path / "canvas.png"
+    Image.new("1", (12_000, 12_000), 1).save(canvas)
+    (data / "rain" / "cut.png").write_bytes(canvas.read_bytes()[:20_000])
+    unreadable = by_name(check_folder(data, cache_dir=tmp_path / "cache").unreadable)
+    assert unreadable == {"cut.png": "truncated image"}
+
+
+def test_decompression_bomb_reason_is_whole(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=10, size=160)
+    Image.new("1", (40_000, 40_000)).save(data / "rain" / "bomb.png")  # 1.6 billion pixels, 190 KB on disk
+    result = run_cli("check", data, "--cache-dir", tmp_path / "cache")
+    limit = 2 * Image.MAX_IMAGE_PIXELS  # Pillow refuses pictures over twice its warning limit
+    assert ("Cannot be used (skipped by fit) (1):\n"
+            f"  rain/bomb.png  too large to decode safely (1,600,000,000 pixels, over the limit of {limit:,})\n"
+            ) in result.output
+
+
+def test_small_classes_are_listed(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=10, size=160)
+    for path in sorted((data / "rain").iterdir())[1:]:
+        path.unlink()
+    for path in sorted((data / "sunrise").iterdir())[5:]:
+        path.unlink()
+    result = run_cli("check", data, "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 1
+    assert ("Classes with few images (2):\n"
+            "  rain     1 image: fewer than 3, one each for training, validation and test; fit refuses it "
+            "(--min-images-per-class)\n"
+            "  sunrise  5 images: fewer than 10, so its test score rests on one or two pictures\n") in result.output
+    report = json.loads(run_cli("check", data, "--format", "json", "--cache-dir", tmp_path / "cache").output)
+    assert [finding["path"] for finding in report["small_classes"]] == ["rain", "sunrise"]

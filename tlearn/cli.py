@@ -153,6 +153,10 @@ def _open_run(run_dir, models_dir):
 def fit(data_dir, out, models_dir, cache_dir, progress, **options):
     """Train a classifier on DATA_DIR, one sub-folder per class, and export it.
 
+    DATA_DIR may also be pre-split: train/, val/ (or valid/, validation/, dev/) and test/
+    folders, each with one sub-folder per class; their subsets are kept and only the missing
+    ones are split from train/.
+
     Splits the images (stratified, seeded, duplicates kept together), trains a new head on a
     frozen ImageNet VGG16, and writes the run directory: saved_model/, model.keras,
     labels.txt, tlearn.json, split.csv and report/.
@@ -230,6 +234,8 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
 
 
 def _print_run_summary(result) -> None:
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     if result.data_summary:
         click.echo(f"Data: {result.data_summary}")
     sizes = result.images

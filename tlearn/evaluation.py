@@ -83,6 +83,11 @@ def _records_to_evaluate(
         return run.read_split(subsets=("test",))["test"], "test", [], []
     scanned = scan_folder(data, min_classes=1, cache_dir=cache_dir)
     records = [r for r in scanned.records if r.label in run.class_names]
+    layout = scanned.check.layout
+    if layout.pre_split:  # its train and validation folders are no test of a model
+        if "test" not in layout.subset_folders:
+            raise TlearnError(f"{scanned.root} is pre-split without a test folder: pass the folder to evaluate on")
+        records = [r for r in records if r.given == "test"]
     if not records:
         raise TlearnError(
             f"none of the class folders in {scanned.root} ({', '.join(scanned.class_names)}) is a class "

@@ -42,6 +42,7 @@ class SplitRecord:
     test_split: float
     sizes: dict[str, int]
     duplicate_groups: int = 0
+    given: dict[str, str] = field(default_factory=dict)  # subset -> the folder that gave it (pre-split data)
 
 
 @dataclass

@@ -29,6 +29,9 @@ STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
 # gives up. Generous, because a worker whose activations are already cached waits for the
 # others to finish embedding; a worker that crashes is noticed at once anyway.
 DEFAULT_WORKER_TIMEOUT_SECONDS = 1800.0
+# Below this many images a class gets one or two test images at the default 15 % split, so its
+# scores say little: check lists such classes and fit warns about them.
+FEW_IMAGES_PER_CLASS = 10
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, shown_default: str | None = None):
@@ -105,10 +108,15 @@ class FitSettings(TrainingSettings):
                                       "duplicates; -1 = exact duplicates only.")
     keep_cross_class_duplicates: bool = setting(
         False, "Keep images whose exact copy is filed under another class (left out by default).")
+    # 3 = one image each for training, validation and test: a class with fewer has no test
+    # score (its F1 reads 0) and no say in early stopping, yet fit would report success.
+    min_images_per_class: int = setting(
+        3, "Refuse to train when a class has fewer usable images (3 = one each for training, validation "
+           "and test); lower it to train anyway.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _at_least(self, 1, "dense_units")
+        _at_least(self, 1, "dense_units", "min_images_per_class")
         _check_image_size(self.image_size)
         check_fractions(self.val_split, self.test_split)
         if not 0 <= self.dropout < 1:
@@ -162,12 +170,18 @@ class CheckSettings:
                                                                "differ in; -1 = no near-duplicate search.")
     max_aspect_ratio: float = setting(3.0, "Images longer than this many times their width (or the reverse) are "
                                            "reported.")
+    # Phone cameras write at most 48-50 megapixels in their full-resolution modes; beyond that
+    # an image is rare in a photo dataset, and a full decode of one (~3 bytes a pixel) costs
+    # 150 MB and more of memory and seconds of CPU in every command that reads it.
+    max_megapixels: float = setting(50.0, "Images with more megapixels than this are reported as very large.")
 
     def __post_init__(self) -> None:
         _check_image_size(self.image_size)
         _check_near_threshold(self.near_threshold)
         if not self.max_aspect_ratio >= 1:
             raise TlearnError(f"--max-aspect-ratio must be at least 1, got {self.max_aspect_ratio}")
+        if not self.max_megapixels > 0:
+            raise TlearnError(f"--max-megapixels must be positive, got {self.max_megapixels}")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TlearnError
-from ..settings import CheckSettings
+from ..settings import FEW_IMAGES_PER_CLASS, CheckSettings
 from .check import DataCheck, check_folder
 
 
@@ -16,6 +16,9 @@ class ImageRecord:
     label: str
     sha256: str  # content hash: keys the activation cache
     group: str = ""  # images of one group (duplicates, near-duplicates) share a subset
+    # The subset a pre-split folder gives it (train, validation, test; "" if none). Not part
+    # of equality: split.csv records where each image went, not where it came from.
+    given: str = field(default="", compare=False)
 
     @property
     def split_group(self) -> str:
@@ -68,13 +71,72 @@ def scan_folder(
         path: min(check.facts[p].sha256 for p in group) for group in check.split_groups() for path in group
     }
     records = [
-        ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""))
+        ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""), check.given.get(path, ""))
         for path, fact in check.facts.items()
         if path not in left_out
     ]
     for name in check.class_names:
         if not any(record.label == name for record in records):
             raise TlearnError(
-                f"class folder {check.root / name} has no usable images: add images or remove the folder"
+                f"class folder {_class_folder(check, name)} has no usable images: add images or remove the folder"
             )
     return ScannedFolder(check.root, check.class_names, records, skipped, check)
+
+
+def check_for_training(scanned: ScannedFolder, min_images_per_class: int) -> list[str]:
+    """Refuse, with a TlearnError, classes fit cannot train and test; return one warning line
+    for each class with under FEW_IMAGES_PER_CLASS images.
+
+    A pre-split folder needs a train folder and training images of every class; any class
+    needs at least `min_images_per_class` usable images (FitSettings says why).
+    """
+    counts = {name: 0 for name in scanned.class_names}
+    for record in scanned.records:
+        counts[record.label] += 1
+    layout = scanned.check.layout
+    if layout is not None and layout.pre_split:
+        _check_training_folders(scanned)
+    warnings = [layout.subset_like_note()] if layout is not None and layout.subset_like_classes else []
+    for name, count in counts.items():
+        if count < min_images_per_class:
+            raise TlearnError(
+                f"class folder {_class_folder(scanned.check, name)} has {_images(count)}, fewer than "
+                f"--min-images-per-class {min_images_per_class} (one each for training, validation and test): "
+                "add images, or lower --min-images-per-class to train anyway"
+            )
+    return warnings + [
+        f"class {name} has only {_images(count)} (fewer than {FEW_IMAGES_PER_CLASS}): its test scores rest on "
+        "one or two of them"
+        for name, count in counts.items() if count < FEW_IMAGES_PER_CLASS
+    ]
+
+
+def _images(count: int) -> str:
+    return f"{count} usable image{'s' if count != 1 else ''}"
+
+
+def _check_training_folders(scanned: ScannedFolder) -> None:
+    layout = scanned.check.layout
+    if "train" not in layout.subset_folders:
+        given = ", ".join(layout.folder_name(name) for name in layout.subset_folders)
+        raise TlearnError(
+            f"{layout.root} is pre-split ({given}) but has no train folder: put the training images in "
+            f"{layout.root / 'train'}/<class>/"
+        )
+    for subset in layout.subset_folders:
+        if not any(record.given == subset for record in scanned.records):
+            raise TlearnError(
+                f"{layout.subset_folders[subset]} has no usable images: add images to its class folders or remove it"
+            )
+    trained = {record.label for record in scanned.records if record.given == "train"}
+    for name in scanned.class_names:
+        if name not in trained:
+            elsewhere = sorted({f"{layout.folder_name(r.given)}{name}" for r in scanned.records if r.label == name})
+            raise TlearnError(
+                f"class {name} has images in {', '.join(elsewhere)} but none usable in "
+                f"{layout.subset_folders['train'] / name}: add training images there or remove {', '.join(elsewhere)}"
+            )
+
+
+def _class_folder(check: DataCheck, name: str) -> Path:
+    return check.layout.class_folder(name) if check.layout is not None else check.root / name

@@ -19,31 +19,27 @@ def split_records(
     """Split each class by the given fractions; each record's `split_group` shares one subset.
 
     Without the grouping, a duplicated photo can sit in train and test at once and the test
-    accuracy flatters the model. The fractions are checked by the settings (FitSettings).
+    accuracy flatters the model. Records that a pre-split folder gave a subset (`given`) stay
+    in it: only the subsets no folder gave are split, from the rest (the train folder), by
+    the fractions of its images. A class with enough groups gets at least one image in each
+    subset that is split. The fractions are checked by the settings (FitSettings).
     """
     rng = random.Random(seed)
     subsets: dict[str, list[ImageRecord]] = {name: [] for name in SUBSETS}
+    given = {record.given for record in records} - {""}
+    fractions = {name: value for name, value in (("test", test_split), ("validation", val_split)) if name not in given}
     by_label: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        by_label[record.label][record.split_group].append(record)
+        if record.given in ("validation", "test"):
+            subsets[record.given].append(record)
+        else:
+            by_label[record.label][record.split_group].append(record)
 
     for label in sorted(by_label):
-        groups = [by_label[label][sha] for sha in sorted(by_label[label])]
+        groups = [by_label[label][key] for key in sorted(by_label[label])]
         rng.shuffle(groups)
-        total = sum(len(group) for group in groups)
-        targets = {"test": round(total * test_split), "validation": round(total * val_split)}
-        counts = {"test": 0, "validation": 0}
-        for index, group in enumerate(groups):
-            remaining_groups = len(groups) - index
-            subset = "train"
-            for name in ("test", "validation"):
-                # The last group always goes to train, so no class is left without training data.
-                if counts[name] < targets[name] and remaining_groups > 1:
-                    subset = name
-                    break
-            if subset != "train":
-                counts[subset] += len(group)
-            subsets[subset].extend(group)
+        for name, group in zip(_subset_of_each(groups, fractions), groups):
+            subsets[name].extend(group)
 
     for name in SUBSETS:
         if not subsets[name]:
@@ -52,6 +48,45 @@ def split_records(
                 f"--val-split {val_split} and --test-split {test_split}; add images or raise them"
             )
     return subsets
+
+
+def _subset_of_each(groups: list[list[ImageRecord]], fractions: dict[str, float]) -> list[str]:
+    """The subset of each of one class's (shuffled) groups: test and validation take groups
+    until they hold their fraction of the class (at least one group each while a group is
+    left for training); the rest, and always the last group, go to train."""
+    total = sum(len(group) for group in groups)
+    enough = len(groups) > len(fractions)
+    targets = {name: max(round(total * fraction), 1 if enough else 0) for name, fraction in fractions.items()}
+    counts = dict.fromkeys(fractions, 0)
+    chosen = []
+    for index, group in enumerate(groups):
+        remaining_groups = len(groups) - index
+        subset = "train"
+        for name in fractions:
+            # The last group always goes to train, so no class is left without training data.
+            if counts[name] < targets[name] and remaining_groups > 1:
+                subset = name
+                counts[name] += len(group)
+                break
+        chosen.append(subset)
+    return chosen
+
+
+def classes_missing_from_subsets(subsets: dict[str, list[ImageRecord]], class_names: list[str]) -> list[str]:
+    """One warning line for each class that a subset holds no image of (too few images or
+    duplicate groups to go round, or a pre-split folder without it)."""
+    warnings = []
+    for name in ("validation", "test"):
+        present = {record.label for record in subsets[name]}
+        missing = [label for label in class_names if label not in present]
+        if not missing:
+            continue
+        classes, them = ", ".join(missing), "it" if len(missing) == 1 else "them"
+        if name == "test":
+            warnings.append(f"no test image of {classes}: the test scores leave {them} out")
+        else:
+            warnings.append(f"no validation image of {classes}: early stopping watches a loss without {them}")
+    return warnings
 
 
 def write_split_csv(

@@ -22,9 +22,9 @@ from .. import __version__
 from ..atomic import write_json_atomically, write_text_atomically
 from ..augment import build_augmenter, write_augmentation_preview
 from ..data.check import format_check
-from ..data.dataset import ImageRecord, ScannedFolder, SkippedFile, scan_folder
+from ..data.dataset import ImageRecord, ScannedFolder, SkippedFile, check_for_training, scan_folder
 from ..data.images import UnreadableImage, load_rgb
-from ..data.split import SUBSETS, split_records, write_split_csv
+from ..data.split import SUBSETS, classes_missing_from_subsets, split_records, write_split_csv
 from ..distribute import Distribution, make_distribution
 from ..errors import TlearnError
 from ..export import export_classifier
@@ -56,6 +56,7 @@ class RunResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     wall_seconds: float = 0.0
     data_summary: str = ""  # fit: one line on the data ("1121 images, 4 classes, ...")
+    warnings: list[str] = field(default_factory=list)  # fit: one line each (classes with few images, ...)
 
 
 @dataclass
@@ -79,10 +80,12 @@ def fit(
     epochs: int = FIT.epochs, patience: int = FIT.patience, batch_size: int = FIT.batch_size, lr: float = FIT.lr,
     views: int = FIT.views, augment: str = FIT.augment, preview_augment: bool = FIT.preview_augment,
     finetune_cache: bool = FIT.finetune_cache, near_threshold: int = FIT.near_threshold,
-    keep_cross_class_duplicates: bool = FIT.keep_cross_class_duplicates, dense_units: int = FIT.dense_units,
+    keep_cross_class_duplicates: bool = FIT.keep_cross_class_duplicates,
+    min_images_per_class: int = FIT.min_images_per_class, dense_units: int = FIT.dense_units,
     dropout: float = FIT.dropout, mixed_precision: str = FIT.mixed_precision, strategy: str = FIT.strategy,
 ) -> RunResult:
-    """Train a classifier on `data_dir` (one sub-folder per class) and write a new run.
+    """Train a classifier on `data_dir` (one sub-folder per class, or pre-split into train/,
+    val/, test/ folders of class sub-folders) and write a new run.
 
     The run goes to `out`, or to `models_dir/<data folder name>` (`-2`, `-3`, ... if taken);
     activations are cached in `cache_dir` (default $TLEARN_CACHE_DIR or ~/.cache/tlearn).
@@ -99,7 +102,9 @@ def fit(
         data_dir, image_size=settings.image_size, near_threshold=settings.near_threshold,
         keep_cross_class_duplicates=settings.keep_cross_class_duplicates, cache_dir=cache_dir,
     )
+    warnings = check_for_training(scanned, settings.min_images_per_class)
     subsets = split_records(scanned.records, settings.val_split, settings.test_split, settings.seed)
+    warnings += classes_missing_from_subsets(subsets, scanned.class_names)
     keras.utils.set_random_seed(settings.seed)
     spec = ModelSpec(
         scanned.class_names, settings.image_size, settings.weights, weights_identity(settings.weights, settings.seed),
@@ -114,7 +119,7 @@ def fit(
     run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter,
                            publish=distribution.is_chief)
     return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics, outcome.sizes,
-                     scanned.skipped + outcome.skipped, stage.wall_seconds, scanned.check.summary())
+                     scanned.skipped + outcome.skipped, stage.wall_seconds, scanned.check.summary(), warnings)
 
 
 def finetune(
@@ -160,8 +165,10 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
                  outcome: _StageOutcome, stage: StageRecord, augmenter, *, publish: bool) -> Path | None:
     """Write the new run in a staging folder and rename it into place; returns where it went."""
     skipped = scanned.skipped + outcome.skipped
+    layout = scanned.check.layout
+    given = {name: folder.name for name, folder in layout.subset_folders.items()} if layout is not None else {}
     split = SplitRecord(settings.seed, settings.val_split, settings.test_split, outcome.sizes,
-                        len(scanned.check.split_groups()))
+                        len(scanned.check.split_groups()), given)
     metadata = RunMetadata(
         str(scanned.root.resolve()), spec, settings.views, settings.augment, split, [stage], _as_json(skipped),
         _versions(), __version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
