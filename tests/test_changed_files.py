@@ -2,7 +2,9 @@
 
 import csv
 import errno
+import json
 import os
+import shutil
 
 import pytest
 
@@ -22,13 +24,24 @@ def decoding_error(path) -> str:
 QUICK_FIT = [*FAST_FIT, "--epochs", "1", "--patience", "1", "--val-split", "0.25", "--test-split", "0.25"]
 
 
-@pytest.fixture
-def run_on_own_data(tmp_path):
-    """(data, run, cache) of a quick fit on data of its own, which the test may change."""
-    data, run, cache = make_class_folders(tmp_path / "colours", per_class=6), tmp_path / "run", tmp_path / "cache"
-    result = run_cli("fit", data, "--out", run, "--cache-dir", cache, *QUICK_FIT)
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("changed-files")
+    data = make_class_folders(root / "colours", per_class=6)
+    result = run_cli("fit", data, "--out", root / "run", "--cache-dir", root / "cache", *QUICK_FIT)
     assert result.exit_code == 0, result.output
-    return data, run, cache
+    return root
+
+
+@pytest.fixture
+def run_on_own_data(fitted, tmp_path):
+    """(data, run, cache): copies of a quick fit's, the run pointing at its copy of the data
+    (copies keep each file's size and modification time), for the test to change."""
+    for name in ("colours", "run", "cache"):
+        shutil.copytree(fitted / name, tmp_path / name)
+    metadata = json.loads((tmp_path / "run" / "tlearn.json").read_text())
+    (tmp_path / "run" / "tlearn.json").write_text(json.dumps({**metadata, "data_dir": str(tmp_path / "colours")}))
+    return tmp_path / "colours", tmp_path / "run", tmp_path / "cache"
 
 
 def split_paths(data, run, subset):
