@@ -9,8 +9,10 @@ import shutil
 import pytest
 
 from conftest import FAST_FIT, cached_activation_files, make_class_folders, run_cli, solid_image
+from tlearn.data.dataset import ImageRecord
 from tlearn.data.files import file_sha256
 from tlearn.data.images import UnreadableImage, load_rgb, unreadable_reason
+from tlearn.data.split import read_split_csv, write_split_csv
 
 NO_SUCH_FILE = unreadable_reason(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
 
@@ -119,3 +121,13 @@ def test_a_moved_dataset_is_still_an_error_that_says_to_pass_data(fitted_run, tm
     assert result.exit_code == 2
     assert result.output.startswith("Error: 46 of the 46 images of the run's split are missing, e.g. ")
     assert result.output.rstrip().endswith("if the dataset moved, pass its new place with --data")
+
+
+def test_split_csv_keeps_each_files_size_and_time_and_reads_runs_without_them(tmp_path):
+    record = ImageRecord(tmp_path / "a" / "1.jpg", "a", "ab" * 32, size=2250, mtime_ns=1795830206800619615)
+    write_split_csv(tmp_path / "split.csv", tmp_path, {"train": [record], "validation": [], "test": []}, [])
+    (read,) = read_split_csv(tmp_path / "split.csv", tmp_path)["train"]
+    assert (read.size, read.mtime_ns) == (2250, 1795830206800619615)
+    (tmp_path / "old.csv").write_text(f"path,label,subset,sha256,group,reason\na/1.jpg,a,train,{'ab' * 32},,\n")
+    (old,) = read_split_csv(tmp_path / "old.csv", tmp_path)["train"]
+    assert old == record and (old.size, old.mtime_ns) == (None, None)

@@ -16,8 +16,10 @@ class ImageRecord:
     label: str
     sha256: str  # content hash: keys the activation cache
     group: str = ""  # images of one group (duplicates, near-duplicates) share a subset
-    size: int | None = None  # bytes and modification time when hashed: a later command re-hashes
-    mtime_ns: int | None = None  # the file only if they differ (None: unknown, always re-hash)
+    # Bytes and modification time when hashed: a later command hashes the file again only if
+    # they differ (None: unknown, always again). Facts about the file, not part of equality.
+    size: int | None = field(default=None, compare=False)
+    mtime_ns: int | None = field(default=None, compare=False)
 
     @property
     def split_group(self) -> str:
@@ -70,7 +72,8 @@ def scan_folder(
         path: min(check.facts[p].sha256 for p in group) for group in check.split_groups() for path in group
     }
     records = [
-        ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""), fact.size, fact.mtime_ns)
+        ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""), size=fact.size,
+                    mtime_ns=fact.mtime_ns)
         for path, fact in check.facts.items()
         if path not in left_out
     ]

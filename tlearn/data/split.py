@@ -80,7 +80,7 @@ def read_split_csv(path: Path, root: Path) -> dict[str, list[ImageRecord]]:
         for row in csv.DictReader(handle):
             if row["subset"] in subsets:
                 record = ImageRecord(root / row["path"], row["label"], row["sha256"], row.get("group", ""),
-                                     _int_or_none(row.get("size")), _int_or_none(row.get("mtime_ns")))
+                                     size=_int_or_none(row.get("size")), mtime_ns=_int_or_none(row.get("mtime_ns")))
                 subsets[row["subset"]].append(record)
     return subsets
 
