@@ -1,3 +1,5 @@
+import hashlib
+import json
 import shutil
 
 import keras
@@ -7,7 +9,7 @@ from tqdm.auto import tqdm
 
 from conftest import make_class_folders
 from tlearn.train import activations
-from tlearn.train.activations import ActivationCache, compute_activations
+from tlearn.train.activations import CACHE_FORMAT, ActivationCache, DamagedEntry, compute_activations
 from tlearn.train.batches import predict_cached
 from tlearn.data.dataset import scan_folder
 from tlearn.model import build_classifier, cut_layer_name, feature_extractor, trainable_top
@@ -120,3 +122,64 @@ def test_caches_must_match_the_extractors_outputs(model, folder, tmp_path):
     cache = ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY)
     with pytest.raises(ValueError, match=r"one cache per output of the extractor \(2\), got 1"):
         compute_activations(feature_extractor(model, BOTH_CUTS), folder.records, [cache], progress=False)
+
+
+def damage_by_truncating(path, other):
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def damage_with_garbage(path, other):
+    path.write_bytes(b"\x00garbage" * 50)
+
+
+def damage_with_a_wrong_shape(path, other):
+    np.save(path, np.zeros((2, 2, 16), np.float16))
+
+
+def damage_with_right_shaped_wrong_values(path, other):
+    np.save(path, np.zeros_like(np.load(path)))  # a plain .npy, as tlearn wrote before entries had checksums
+
+
+def damage_one_value(path, other):
+    content = bytearray(path.read_bytes())
+    content[200] ^= 0x40  # one bit of one float16 in the array
+    path.write_bytes(bytes(content))
+
+
+def damage_by_copying_another_images_entry(path, other):
+    shutil.copy(other, path)  # right shape and sound bytes, but another image's activations
+
+
+DAMAGES = [damage_by_truncating, damage_with_garbage, damage_with_a_wrong_shape,
+           damage_with_right_shaped_wrong_values, damage_one_value, damage_by_copying_another_images_entry]
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda damage: damage.__name__)
+def test_a_damaged_entry_is_dropped_and_recomputed(model, folder, tmp_path, damage):
+    cache = ActivationCache.for_config(tmp_path / "cache", cut="block5_pool", **IDENTITY)
+    extractor = feature_extractor(model, "block5_pool")
+    compute_activations(extractor, folder.records, cache, progress=False)
+    good, other = (cache.path(r.sha256, 0) for r in folder.records[:2])
+    expected = np.load(good)
+    stamps = {path: path.stat().st_mtime_ns for path in cache.folder.rglob("*.npy") if path != good}
+    damage(good, other)
+    assert not cache.has(folder.records[0].sha256, 0, (1, 1, 512))
+    with pytest.raises(DamagedEntry, match=rf"^activation cache entry {good} is damaged \(.+\): run the command again"):
+        cache.load(folder.records[0].sha256, 0, (1, 1, 512))
+
+    assert compute_activations(extractor, folder.records, cache, progress=False) == []
+    assert cache.damaged == [good]
+    np.testing.assert_allclose(cache.load(folder.records[0].sha256, 0, (1, 1, 512)), expected, atol=1e-3)
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # the sound ones were left alone
+
+
+def test_entries_are_npy_files_of_the_new_format_in_their_own_folder(tmp_path):
+    cache = ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY)
+    assert json.loads((cache.folder / "config.json").read_text())["format"] == CACHE_FORMAT == 2
+    # format 1 (no checksums) kept its entries in the folder keyed without "format": never read again
+    format_1_key = json.dumps({"cut": "block5_pool", **IDENTITY}, sort_keys=True)
+    assert cache.folder.name != hashlib.sha256(format_1_key.encode()).hexdigest()[:20]
+    array = np.arange(8, dtype=np.float16).reshape(2, 4)
+    cache.store("ab" * 32, 0, array)
+    np.testing.assert_array_equal(np.load(cache.path("ab" * 32, 0)), array)  # numpy still reads an entry
+    np.testing.assert_array_equal(cache.load("ab" * 32, 0, (2, 4)), array)

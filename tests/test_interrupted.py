@@ -5,10 +5,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
 import tlearn
 from conftest import FAST_FIT, make_class_folders, run_cli

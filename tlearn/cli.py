@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 import click
 
@@ -137,6 +138,35 @@ def _print_skipped(skipped) -> None:
         click.echo(f"Warning: skipped {item.path}: {item.reason}", err=True)
 
 
+_CHANGED_SHOWN = 5  # more changed files than this get one line: their count and the first few
+
+
+def _print_changed(changed) -> None:
+    """Split images changed since fit: one line each, or one line in all when there are many."""
+    if len(changed) > _CHANGED_SHOWN:
+        first = ", ".join(str(path) for path in changed[:3])
+        click.echo(f"Warning: {len(changed)} files changed since fit, used as they are now: {first} "
+                   f"and {len(changed) - 3} more", err=True)
+        return
+    for path in changed:
+        click.echo(f"Warning: changed since fit, used as it is now: {path}", err=True)
+
+
+def _print_damaged_cache_entries(entries) -> None:
+    if entries:
+        folders = ", ".join(sorted({str(Path(entry).parent.parent) for entry in entries}))
+        noun = "entry was" if len(entries) == 1 else "entries were"
+        click.echo(f"Warning: {len(entries)} damaged activation cache {noun} dropped and recomputed, in {folders}",
+                   err=True)
+
+
+def _print_result_warnings(result) -> None:
+    """What a command's result says went differently from the plain case, before its figures."""
+    _print_damaged_cache_entries(result.damaged_cache_entries)
+    _print_skipped(result.skipped)
+    _print_changed(result.changed)
+
+
 def _open_run(run_dir, models_dir):
     from .run import Run
 
@@ -170,7 +200,7 @@ def fit(data_dir, out, models_dir, cache_dir, progress, **options):
 
     result = _call(fit_run, data_dir, out=out, models_dir=models_dir, cache_dir=cache_dir, progress=progress,
                    **_settings_of(FitSettings, options))
-    _print_skipped(result.skipped)
+    _print_result_warnings(result)
     _print_run_summary(result)
 
 
@@ -195,7 +225,7 @@ def finetune(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     load_tensorflow_quietly()
     run = _open_run(run_dir, models_dir)
     result = _call(run.finetune, data_dir=data_dir, cache_dir=cache_dir, progress=progress, **settings)
-    _print_skipped(result.skipped)
+    _print_result_warnings(result)
     _print_run_summary(result)
 
 
@@ -221,7 +251,7 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     load_tensorflow_quietly()
     run = _open_run(run_dir, models_dir)
     result = _call(run.evaluate, data=data_dir, cache_dir=cache_dir, progress=progress, **settings)
-    _print_skipped(result.skipped)
+    _print_result_warnings(result)
     if result.ignored_classes:
         click.echo(f"Warning: ignored folders of classes the model does not know: {', '.join(result.ignored_classes)}", err=True)
     click.echo(f"{result.data_name}: {result.metrics['images']} images, accuracy {result.accuracy:.4f}")

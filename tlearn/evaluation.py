@@ -34,6 +34,8 @@ class Evaluation:
     confidently_wrong: list[dict]  # [{"path", "true", "predicted", "probability"}], most confident first
     ignored_classes: list[str] = field(default_factory=list)  # folders in --data the model does not know
     skipped: list[SkippedFile] = field(default_factory=list)
+    changed: list[Path] = field(default_factory=list)  # test images changed since fit: evaluated as they are now
+    damaged_cache_entries: list[Path] = field(default_factory=list)  # found damaged, dropped and recomputed
 
     @property
     def accuracy(self) -> float:
@@ -50,11 +52,13 @@ def evaluate(
     `data` is a folder of class sub-folders; folders of classes the model does not know are
     ignored and listed in `ignored_classes`. The report goes to
     `RUN/report/evaluate-<test|data folder name>/`, replacing an earlier one of that name;
-    `show_wrong` of the most confidently wrong images are returned.
+    `show_wrong` of the most confidently wrong images are returned. Test images changed since
+    fit are evaluated as they are now and listed in `changed` (and in the report's
+    changed_since_fit.csv); those gone or now undecodable are left out and listed in `skipped`.
     """
     settings = settings_from(EvaluateSettings, locals())
     run = Run.open(run_dir, models_dir)
-    records, data_name, ignored, skipped = _records_to_evaluate(run, data, cache_dir)
+    records, data_name, ignored, skipped, changed = _records_to_evaluate(run, data, cache_dir)
     policy = run.last_stage.precision_policy  # the one its activations were cached under
     keras.mixed_precision.set_global_policy(policy)
     model = run.load_model()
@@ -70,17 +74,20 @@ def evaluate(
     probabilities = predict_cached(trainable_top(model, cut), cache, records, settings.batch_size)
     metrics = classification_metrics(labels, probabilities, run.class_names)
     wrong = _confidently_wrong(records, labels, probabilities, run.class_names)
-    report_dir = _write_report(run, data_name, metrics, wrong)
+    report_dir = _write_report(run, data_name, metrics, wrong, None if data else (changed, skipped))
     table = format_classification_table(metrics, run.class_names)
-    return Evaluation(run.path, data_name, report_dir, metrics, table, wrong[: settings.show_wrong], ignored, skipped)
+    return Evaluation(run.path, data_name, report_dir, metrics, table, wrong[: settings.show_wrong], ignored, skipped,
+                      changed, cache.damaged)
 
 
 def _records_to_evaluate(
     run: Run, data: str | Path | None, cache_dir: str | Path | None
-) -> tuple[list[ImageRecord], str, list[str], list[SkippedFile]]:
-    """(records, the data's name, class folders the model does not know, unusable files)."""
+) -> tuple[list[ImageRecord], str, list[str], list[SkippedFile], list[Path]]:
+    """(records, the data's name, class folders the model does not know, unusable files,
+    files changed since fit)."""
     if data is None:
-        return run.read_split(subsets=("test",))["test"], "test", [], []
+        split = run.read_split(subsets=("test",))
+        return split["test"], "test", [], list(split.skipped), list(split.changed)
     scanned = scan_folder(data, min_classes=1, cache_dir=cache_dir)
     records = [r for r in scanned.records if r.label in run.class_names]
     layout = scanned.check.layout
@@ -94,15 +101,20 @@ def _records_to_evaluate(
             f"of this model ({', '.join(run.class_names)})"
         )
     ignored = [name for name in scanned.class_names if name not in run.class_names]
-    return records, scanned.root.resolve().name, ignored, list(scanned.skipped)
+    return records, scanned.root.resolve().name, ignored, list(scanned.skipped), []
 
 
-def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict]) -> Path:
-    """The report folder, written beside and renamed into place, replacing an earlier one."""
+def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict],
+                  split_changes: tuple[list[Path], list[SkippedFile]] | None) -> Path:
+    """The report folder, written beside and renamed into place, replacing an earlier one.
+
+    `split_changes` (on the test split): its files changed since fit, and those skipped."""
     report_dir = run.files.evaluation(data_name)
     with staging_folder(run.files.report) as staging:
         write_evaluation(metrics, run.class_names, staging, f"{data_name}, {run.last_stage.name} model")
         _write_wrong_csv(staging / "confidently_wrong.csv", wrong)
+        if split_changes is not None:
+            _write_changes_csv(staging / "changed_since_fit.csv", *split_changes)
         if report_dir.exists():
             shutil.rmtree(report_dir)
         os.rename(staging, report_dir)
@@ -128,3 +140,12 @@ def _write_wrong_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=["path", "true", "predicted", "probability"])
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _write_changes_csv(path: Path, changed: list[Path], skipped: list[SkippedFile]) -> None:
+    """The split's files that are not as fit recorded them, and what evaluate made of each."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "now"])
+        writer.writerows([str(changed_path), "evaluated as it is now"] for changed_path in changed)
+        writer.writerows([str(item.path), f"skipped: {item.reason}"] for item in skipped)

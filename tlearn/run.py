@@ -25,6 +25,8 @@ from .settings import DEFAULT_MODELS_DIR
 if TYPE_CHECKING:
     import keras
 
+    from .data.changes import CheckedSplit
+
 @dataclass(frozen=True)
 class RunFiles:
     """Where each artifact lives inside a run directory (or its staging folder)."""
@@ -113,20 +115,17 @@ class Run:
         model.set_weights(load_classifier(self.files.model).get_weights())
         return model
 
-    def read_split(self, data_dir: str | Path | None = None, subsets: tuple[str, ...] | None = None) -> dict:
+    def read_split(self, data_dir: str | Path | None = None, subsets: tuple[str, ...] | None = None) -> CheckedSplit:
         """The recorded train/validation/test records (or only `subsets`), with paths under
-        `data_dir` (default: where the run's data was); a TlearnError names a missing file."""
+        `data_dir` (default: where the run's data was), checked against the files as they are
+        now: files changed since fit come with their new hash and are listed in `changed`;
+        files gone or undecodable are left out and listed in `skipped`. A TlearnError if most
+        files are missing (the dataset moved)."""
+        from .data.changes import recheck_split
         from .data.split import SUBSETS, read_split_csv
 
         recorded = read_split_csv(self.files.split, Path(data_dir) if data_dir is not None else self.data_dir)
-        subsets = {name: recorded[name] for name in subsets or SUBSETS}
-        missing = [record.path for records in subsets.values() for record in records if not record.path.exists()]
-        if missing:
-            raise TlearnError(
-                f"{len(missing)} images of the run's split are missing, e.g. {missing[0]}: "
-                "if the dataset moved, pass its new place with --data"
-            )
-        return subsets
+        return recheck_split({name: recorded[name] for name in subsets or SUBSETS})
 
     def save_metadata(self) -> None:
         write_json_atomically(self.files.metadata, self.metadata.to_json())

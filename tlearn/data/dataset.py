@@ -19,6 +19,10 @@ class ImageRecord:
     # The subset a pre-split folder gives it (train, validation, test; "" if none). Not part
     # of equality: split.csv records where each image went, not where it came from.
     given: str = field(default="", compare=False)
+    # Bytes and modification time when hashed: a later command hashes the file again only if
+    # they differ (None: unknown, always again). Facts about the file, not part of equality.
+    size: int | None = field(default=None, compare=False)
+    mtime_ns: int | None = field(default=None, compare=False)
 
     @property
     def split_group(self) -> str:
@@ -71,7 +75,8 @@ def scan_folder(
         path: min(check.facts[p].sha256 for p in group) for group in check.split_groups() for path in group
     }
     records = [
-        ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""), check.given.get(path, ""))
+        ImageRecord(path, check.labels[path], fact.sha256, group_of.get(path, ""), check.given.get(path, ""),
+                    size=fact.size, mtime_ns=fact.mtime_ns)
         for path, fact in check.facts.items()
         if path not in left_out
     ]

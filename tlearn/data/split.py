@@ -93,26 +93,39 @@ def write_split_csv(
     path: Path, root: Path, subsets: dict[str, list[ImageRecord]], skipped: list[SkippedFile]
 ) -> None:
     """One row per file: where it went (with its duplicate group, if any), or why it was
-    skipped. Paths are relative to `root`."""
+    skipped. Paths are relative to `root`. Size and modification time are those the hash was
+    taken at, so later commands can tell a file that changed since."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "subset", "sha256", "group", "reason"])
+        writer.writerow(["path", "label", "subset", "sha256", "group", "reason", "size", "mtime_ns"])
         for name in SUBSETS:
             for record in subsets[name]:
-                writer.writerow([_relative(record.path, root), record.label, name, record.sha256, record.group, ""])
+                writer.writerow([_relative(record.path, root), record.label, name, record.sha256, record.group, "",
+                                 _blank_if_none(record.size), _blank_if_none(record.mtime_ns)])
         for item in skipped:
-            writer.writerow([_relative(item.path, root), item.path.parent.name, "skipped", "", "", item.reason])
+            writer.writerow([_relative(item.path, root), item.path.parent.name, "skipped", "", "", item.reason, "", ""])
 
 
 def read_split_csv(path: Path, root: Path) -> dict[str, list[ImageRecord]]:
-    """The subsets that `write_split_csv` recorded, with paths resolved against `root`."""
+    """The subsets that `write_split_csv` recorded, with paths resolved against `root`.
+
+    Runs written before split.csv had size and mtime_ns give records without them."""
     subsets: dict[str, list[ImageRecord]] = {name: [] for name in SUBSETS}
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["subset"] in subsets:
-                record = ImageRecord(root / row["path"], row["label"], row["sha256"], row.get("group", ""))
+                record = ImageRecord(root / row["path"], row["label"], row["sha256"], row.get("group", ""),
+                                     size=_int_or_none(row.get("size")), mtime_ns=_int_or_none(row.get("mtime_ns")))
                 subsets[row["subset"]].append(record)
     return subsets
+
+
+def _blank_if_none(value: int | None) -> str | int:
+    return "" if value is None else value
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text else None
 
 
 def _relative(path: Path, root: Path) -> str:

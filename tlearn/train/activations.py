@@ -10,11 +10,12 @@ it only costs time.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Iterator
 
@@ -25,27 +26,50 @@ from tqdm.auto import tqdm
 from ..atomic import write_atomically, write_text_atomically
 from ..data.dataset import ImageRecord, SkippedFile
 from ..data.images import UnreadableImage, load_rgb
+from ..errors import TlearnError
 from ..run import ModelSpec, Run
 from ..settings import default_cache_root
 
 
+# Part of every cache folder's key: entries of an older format are never read, only recomputed.
+# 2: each entry carries a checksum (format 1's plain .npy files had none, so none could be trusted).
+CACHE_FORMAT = 2
+ENTRY_DTYPE = np.dtype("<f2")  # float16: half the disk and reading time, and the model's error is far larger
+_CHECKSUM_TAG = b"TLSHA256"  # then the 32-byte sha256 of the entry's name and array bytes
+_TRAILER_BYTES = len(_CHECKSUM_TAG) + 32
+MISSING = "missing"
+
+
+class DamagedEntry(TlearnError):
+    """An activation cache entry that went missing or bad after it was checked."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem = path, problem
+        state = "is missing" if problem == MISSING else f"is damaged ({problem})"
+        super().__init__(f"activation cache entry {path} {state}: run the command again to recompute it")
+
+
 @dataclass(frozen=True)
 class ActivationCache:
-    """A folder of float16 .npy files, one per (image content, view), for one configuration.
+    """A folder of entries, one per (image content, view), for one configuration.
 
     View 0 (the plain image) is shared by every augmentation setting; augmented views are
-    keyed by `augment_key` as well.
+    keyed by `augment_key` as well. An entry is a float16 .npy file (np.load reads it)
+    followed by a sha256 of the entry's name and array bytes: a truncated, garbled,
+    wrong-shaped or misplaced entry is told from a sound one, never trusted. `damaged`
+    collects the entries this object found damaged and dropped, to be reported once.
     """
 
     folder: Path
     augment_key: str = "none"
+    damaged: list[Path] = field(default_factory=list, compare=False, repr=False)
 
     def with_augment_key(self, augment_key: str) -> "ActivationCache":
-        return ActivationCache(self.folder, augment_key)
+        return ActivationCache(self.folder, augment_key, self.damaged)
 
     @classmethod
     def for_config(cls, root: Path, **config) -> "ActivationCache":
-        text = json.dumps(config, sort_keys=True)
+        text = json.dumps({**config, "format": CACHE_FORMAT}, sort_keys=True)
         folder = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:20]
         folder.mkdir(parents=True, exist_ok=True)
         key_file = folder / "config.json"
@@ -57,17 +81,88 @@ class ActivationCache:
         tag = "plain" if view == 0 else f"{self.augment_key}-v{view}"
         return self.folder / sha256[:2] / f"{sha256}-{tag}.npy"
 
-    def has(self, sha256: str, view: int) -> bool:
-        return self.path(sha256, view).exists()
+    def problem(self, sha256: str, view: int, shape: tuple[int, ...] | None = None) -> str | None:
+        """None for a sound entry (of `shape`, if given); else MISSING or what is wrong with it."""
+        try:
+            self.load(sha256, view, shape)
+        except DamagedEntry as error:
+            return error.problem
+        return None
 
-    def load(self, sha256: str, view: int) -> np.ndarray:
-        return np.load(self.path(sha256, view), allow_pickle=False)
+    def has(self, sha256: str, view: int, shape: tuple[int, ...] | None = None) -> bool:
+        """Whether a sound entry (of `shape`, if given) is there."""
+        return self.problem(sha256, view, shape) is None
+
+    def load(self, sha256: str, view: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The entry's float16 array, checked; a DamagedEntry names the file if it is missing or bad."""
+        path = self.path(sha256, view)
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            raise DamagedEntry(path, MISSING) from None
+        except OSError as error:
+            raise DamagedEntry(path, error.strerror or type(error).__name__) from None
+        return _checked_array(content, path, shape, self._checksum)
 
     def store(self, sha256: str, view: int, activations: np.ndarray) -> None:
         # Atomically, so an interrupted run never leaves a truncated entry.
-        write_atomically(
-            self.path(sha256, view), lambda handle: np.save(handle, activations.astype(np.float16), allow_pickle=False)
-        )
+        path = self.path(sha256, view)
+        array = np.ascontiguousarray(activations, dtype=ENTRY_DTYPE)
+        body = array.tobytes()
+        content = _npy_header(array.shape) + body + _CHECKSUM_TAG + self._checksum(path, body)
+        write_atomically(path, lambda handle: handle.write(content))
+
+    def drop(self, sha256: str, view: int) -> None:
+        self.path(sha256, view).unlink(missing_ok=True)
+
+    def _checksum(self, path: Path, body: bytes) -> bytes:
+        # The entry's name is hashed too: an entry copied or renamed to another image's name fails.
+        digest = hashlib.sha256(f"{self.folder.name}/{path.name}".encode())
+        digest.update(body)
+        return digest.digest()
+
+
+@lru_cache(maxsize=None)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The .npy header of a C-ordered float16 array of `shape`, as np.save writes it."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": ENTRY_DTYPE.str, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _checked_array(content: bytes, path: Path, shape: tuple[int, ...] | None, checksum) -> np.ndarray:
+    """The array in an entry's bytes, after its header, size and checksum are checked."""
+    expected = _npy_header(tuple(shape)) if shape is not None else None
+    if expected is not None and content.startswith(expected):
+        offset, found = len(expected), tuple(shape)
+    else:  # another shape, dtype or numpy's header layout: read the header to say which
+        offset, found = _read_header(content, path, shape)
+    body_bytes = int(np.prod(found, dtype=np.int64)) * ENTRY_DTYPE.itemsize
+    size, expected_size = len(content), offset + body_bytes + _TRAILER_BYTES
+    if size == offset + body_bytes:
+        raise DamagedEntry(path, "no checksum")
+    if size != expected_size:
+        raise DamagedEntry(path, f"{'truncated: ' if size < expected_size else ''}{size} bytes, expected {expected_size}")
+    body = memoryview(content)[offset : offset + body_bytes]
+    if content[offset + body_bytes : -32] != _CHECKSUM_TAG or content[-32:] != checksum(path, body):
+        raise DamagedEntry(path, "checksum mismatch")
+    return np.frombuffer(content, ENTRY_DTYPE, count=body_bytes // ENTRY_DTYPE.itemsize, offset=offset).reshape(found)
+
+
+def _read_header(content: bytes, path: Path, shape: tuple[int, ...] | None) -> tuple[int, tuple[int, ...]]:
+    """(where the array starts, its shape), from an entry's .npy header; DamagedEntry if it is not ours."""
+    stream = io.BytesIO(content)
+    try:
+        if np.lib.format.read_magic(stream) != (1, 0):  # the version np.save writes for any entry's shape
+            raise ValueError("not .npy format 1.0")
+        found, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    except (ValueError, SyntaxError, TypeError):
+        raise DamagedEntry(path, "not an activation entry") from None
+    if dtype != ENTRY_DTYPE or fortran_order:
+        raise DamagedEntry(path, f"dtype {dtype}{', Fortran order' if fortran_order else ''}, expected float16")
+    if shape is not None and tuple(found) != tuple(shape):
+        raise DamagedEntry(path, f"shape {tuple(found)}, expected {tuple(shape)}")
+    return stream.tell(), tuple(found)
 
 
 def activation_cache(
@@ -103,7 +198,8 @@ def compute_activations(
 
     `caches` holds one cache per output of `extractor`, in its order; a one-output extractor
     takes a single cache. An image and view is embedded once if any cache lacks it, and goes
-    to each cache that lacks it: entries already there are neither recomputed nor rewritten.
+    to each cache that lacks it: entries already there are neither recomputed nor rewritten,
+    unless damaged (then they are dropped, recomputed and listed in their cache's `damaged`).
     View 0 is the plain image; views 1.. pass it through `augmenter` first. Decoding of the
     next batch runs in threads while the model works on the current one. Under several
     devices, `extractor` is the one Distribution.prepare_extractor made.
@@ -116,7 +212,7 @@ def compute_activations(
     # predict_on_batch runs a compiled graph, where TensorFlow fuses each convolution with its
     # bias and ReLU: 10-20% faster on a CPU than calling the model eagerly.
     embed = extractor.predict_on_batch
-    missing = _missing_entries(records, views, caches)
+    missing = _missing_entries(records, views, caches, [tuple(output.shape[1:]) for output in extractor.outputs])
     pending_images = sorted(missing, key=lambda r: (r.sha256, str(r.path)))
     passes = sum(len(lacking_by_view) for lacking_by_view in missing.values())
     skipped: dict[Path, SkippedFile] = {}
@@ -143,16 +239,30 @@ def compute_activations(
 
 
 def _missing_entries(
-    records: list[ImageRecord], views: int, caches: list[ActivationCache]
+    records: list[ImageRecord], views: int, caches: list[ActivationCache], shapes: list[tuple[int, ...]]
 ) -> dict[ImageRecord, dict[int, list[int]]]:
-    """record -> view -> the indices of the caches lacking it, for what any cache lacks."""
+    """record -> view -> the indices of the caches lacking it, for what any cache lacks.
+
+    Every entry is read and checked (shape, size, checksum): a damaged one is dropped, noted
+    in its cache's `damaged` and counted as lacking, so it is recomputed, never trusted.
+    """
     missing: dict[ImageRecord, dict[int, list[int]]] = {}
     for record in records:
         for view in range(views):
-            lacking = [index for index, cache in enumerate(caches) if not cache.has(record.sha256, view)]
+            lacking = [
+                index for index, cache in enumerate(caches) if not _sound_entry(cache, record.sha256, view, shapes[index])
+            ]
             if lacking:
                 missing.setdefault(record, {})[view] = lacking
     return missing
+
+
+def _sound_entry(cache: ActivationCache, sha256: str, view: int, shape: tuple[int, ...]) -> bool:
+    problem = cache.problem(sha256, view, shape)
+    if problem is not None and problem != MISSING:
+        cache.drop(sha256, view)
+        cache.damaged.append(cache.path(sha256, view))
+    return problem is None
 
 
 def _decoded_batches(

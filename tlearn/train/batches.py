@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import contextlib
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from ..data.dataset import ImageRecord
-from .activations import ActivationCache
+from .activations import ActivationCache, DamagedEntry
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,8 @@ class ActivationBatches:
 
     With `shuffle`, each pass over the records reshuffles them and draws one of the `views`
     of each image, so every view gets used. `labels` and `sample_weights` are per record.
-    `owned`, `steps` and `slices` are set by `sharded` for one worker of several.
+    `owned`, `steps` and `slices` are set by `sharded` for one worker of several. Entries are
+    checked as they are read; one found damaged is kept in `failures` (see `reading`).
     """
 
     cache: ActivationCache
@@ -33,6 +36,7 @@ class ActivationBatches:
     owned: np.ndarray | None = None  # indices of the records this worker reads (default: all)
     steps: int = 0  # batches per pass (default: enough for every owned record)
     slices: int = 1  # each batch is yielded as this many consecutive slices, one per replica
+    failures: list[DamagedEntry] = field(default_factory=list, compare=False, repr=False)  # shared by `sharded` copies
 
     def __post_init__(self):
         if self.owned is None:
@@ -69,7 +73,7 @@ class ActivationBatches:
                 for chosen in np.array_split(batch, self.slices):
                     activations = np.zeros((len(chosen), *self.activation_shape), np.float32)
                     for row, index in enumerate(chosen):
-                        activations[row] = self.cache.load(self.records[index].sha256, view_of[index])
+                        activations[row] = self._load(self.records[index], view_of[index])
                     labels = self.labels[chosen].astype(np.int64)
                     if self.sample_weights is None:
                         yield activations, labels
@@ -77,23 +81,48 @@ class ActivationBatches:
                         yield activations, labels, self.sample_weights[chosen].astype(np.float32)
 
 
+    def _load(self, record: ImageRecord, view: int) -> np.ndarray:
+        try:
+            return self.cache.load(record.sha256, view, self.activation_shape)
+        except DamagedEntry as error:
+            self.failures.append(error)  # TensorFlow passes on only its own error, with a traceback
+            raise
+
+
+@contextlib.contextmanager
+def reading(*batches: ActivationBatches) -> Iterator[None]:
+    """Where the datasets of `batches` are consumed: an entry that they found damaged ends the
+    block with its one-line DamagedEntry, not the TensorFlow error that wraps it."""
+    try:
+        yield
+    except Exception:
+        failure = next((b.failures[0] for b in batches if b.failures), None)
+        if failure is None:
+            raise
+        raise failure from None
+
+
 def predict_cached(
     top: keras.Model, cache: ActivationCache, records: list[ImageRecord], batch_size: int
 ) -> np.ndarray:
-    """Probabilities of `top` for the plain view of each record, in order.
+    """Probabilities of `top` for the plain view of each record, in order; a damaged entry
+    raises DamagedEntry.
 
     Plain calls rather than `top.predict`: under a multi-worker strategy that would be a
     collective step per batch, and each worker predicts only its own records.
     """
+    shape = tuple(top.input_shape[1:])
     rows = [
-        keras.ops.convert_to_numpy(top(_plain_activations(cache, records[start : start + batch_size]), training=False))
+        keras.ops.convert_to_numpy(
+            top(_plain_activations(cache, records[start : start + batch_size], shape), training=False)
+        )
         for start in range(0, len(records), batch_size)
     ]
     return np.concatenate(rows) if rows else np.zeros((0, top.output_shape[-1]), np.float32)
 
 
-def _plain_activations(cache: ActivationCache, records: list[ImageRecord]) -> np.ndarray:
-    return np.stack([cache.load(record.sha256, 0) for record in records]).astype(np.float32)
+def _plain_activations(cache: ActivationCache, records: list[ImageRecord], shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack([cache.load(record.sha256, 0, shape) for record in records]).astype(np.float32)
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:

@@ -35,7 +35,7 @@ from ..metadata import ModelSpec, RunMetadata, SplitRecord, StageRecord
 from ..run import Run, RunFiles, RunWriter, check_out_is_free
 from ..settings import DEFAULT_MODELS_DIR, FinetuneSettings, FitSettings, TrainingSettings, settings_from
 from .activations import ActivationCache, activation_cache, compute_activations, run_activation_cache
-from .batches import ActivationBatches, predict_cached
+from .batches import ActivationBatches, predict_cached, reading
 from .loop import balanced_class_weights, train_top
 
 FIT, FINETUNE = FitSettings, FinetuneSettings  # the defaults of the keywords below
@@ -57,6 +57,8 @@ class RunResult:
     wall_seconds: float = 0.0
     data_summary: str = ""  # fit: one line on the data ("1121 images, 4 classes, ...")
     warnings: list[str] = field(default_factory=list)  # fit: one line each (classes with few images, ...)
+    changed: list[Path] = field(default_factory=list)  # finetune: split images changed since fit, used as they are now
+    damaged_cache_entries: list[Path] = field(default_factory=list)  # found damaged, dropped and recomputed
 
 
 @dataclass
@@ -66,6 +68,7 @@ class _StageOutcome:
     metrics: dict
     subsets: dict[str, list[ImageRecord]]
     skipped: list[SkippedFile]
+    damaged_cache_entries: list[Path]
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -119,7 +122,8 @@ def fit(
     run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter,
                            publish=distribution.is_chief)
     return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics, outcome.sizes,
-                     scanned.skipped + outcome.skipped, stage.wall_seconds, scanned.check.summary(), warnings)
+                     scanned.skipped + outcome.skipped, stage.wall_seconds, scanned.check.summary(), warnings,
+                     damaged_cache_entries=outcome.damaged_cache_entries)
 
 
 def finetune(
@@ -134,13 +138,15 @@ def finetune(
     `run_dir` defaults to the newest run in `models_dir`; `data_dir` overrides where the
     run's images are now, if the dataset folder moved. The new model, export and report
     replace the run's current ones, which move to `stages/<their stage>/`; tlearn.json
-    records every stage. The other settings are FinetuneSettings's: see `tlearn finetune --help`.
+    records every stage. Split images changed since fit are used as they are now (under the
+    label of their folder) and listed in `changed`; those gone or now undecodable are skipped.
+    The other settings are FinetuneSettings's: see `tlearn finetune --help`.
     """
     started = time.monotonic()
     settings = settings_from(FinetuneSettings, locals())
     distribution = make_distribution(settings.strategy)  # before anything runs TensorFlow: multi-worker needs that
     run = Run.open(run_dir, models_dir)
-    subsets = run.read_split(data_dir)
+    split = run.read_split(data_dir)
     policy = apply_precision_policy(settings.mixed_precision)
     seed = run.metadata.split.seed
     keras.utils.set_random_seed(seed)
@@ -150,15 +156,17 @@ def finetune(
     set_trainable_top(model, settings.unfreeze)
     caches = {cut: run_activation_cache(run, cut, policy, cache_dir)}
     augmenter = build_augmenter(run.metadata.augment, seed) if settings.views > 1 else None
-    outcome = _train_stage(model, caches, subsets, run.class_names, distribution, settings, augmenter, seed, progress)
+    outcome = _train_stage(model, caches, split.subsets, run.class_names, distribution, settings, augmenter, seed,
+                           progress)
+    skipped = sorted(split.skipped + outcome.skipped, key=lambda item: str(item.path))
     names = [stage.name for stage in run.metadata.stages]
     name = "finetune" if "finetune" not in names else f"finetune-{len(names)}"
     stage = _stage_record(name, settings, cut, outcome, started, policy, distribution)
     with RunWriter(run.path, publish=distribution.is_chief) as writer:
         _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome.metrics, run.class_names)
-        published = writer.publish_stage(run, stage, _as_json(outcome.skipped))
-    return RunResult(published, name, outcome.metrics["accuracy"], outcome.metrics, outcome.sizes, outcome.skipped,
-                     stage.wall_seconds)
+        published = writer.publish_stage(run, stage, _as_json(skipped))
+    return RunResult(published, name, outcome.metrics["accuracy"], outcome.metrics, outcome.sizes, skipped,
+                     stage.wall_seconds, changed=split.changed, damaged_cache_entries=outcome.damaged_cache_entries)
 
 
 def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, settings: FitSettings, model,
@@ -221,16 +229,19 @@ def _train_stage(
                                   sample_weights=np.array([class_weights[label] for label in labels["train"]]),
                                   views=settings.views, shuffle=True, seed=seed)
         validation = ActivationBatches(cache, subsets["validation"], labels["validation"], shape, settings.batch_size)
-        history, best_epoch = train_top(
-            top, distribution.prepare_batches(train), distribution.prepare_batches(validation),
-            epochs=settings.epochs, patience=settings.patience, lr=settings.lr, progress=progress,
-        )
+        with reading(train, validation):
+            history, best_epoch = train_top(
+                top, distribution.prepare_batches(train), distribution.prepare_batches(validation),
+                epochs=settings.epochs, patience=settings.patience, lr=settings.lr, progress=progress,
+            )
         test = subsets["test"]
         probabilities = distribution.map_shards(
             len(test), lambda owned: predict_cached(top, cache, [test[i] for i in owned], settings.batch_size)
         )
     metrics = classification_metrics(labels["test"], probabilities, class_names)
-    return _StageOutcome(history, best_epoch, metrics, subsets, sorted(skipped, key=lambda item: str(item.path)))
+    damaged = [path for each in caches.values() for path in each.damaged]
+    return _StageOutcome(history, best_epoch, metrics, subsets, sorted(skipped, key=lambda item: str(item.path)),
+                         damaged)
 
 
 def _embed_split(extractor, caches, subsets, settings: TrainingSettings, augmenter, progress: bool,
