@@ -286,12 +286,12 @@ def predict(images, model, models_dir, output_format, progress, **options):
     Example:
       tlearn predict photos/ --top-k 2 --format csv > predictions.csv
     """
+    settings = _settings_of(PredictSettings, options)
+    load_tensorflow_quietly()
     from tqdm.auto import tqdm
 
     from .prediction import iter_predictions
 
-    settings = _settings_of(PredictSettings, options)
-    load_tensorflow_quietly()
     run = _open_run(model, models_dir)
     stream = _call(iter_predictions, list(images), model=run, **settings)
     rows = _PredictionRows(output_format, settings["top_k"], max(len(str(path)) for path in stream.paths))

@@ -42,8 +42,6 @@ RESIZE = {"interpolation": "bilinear", "antialias": True}
 # 5,000 photo), so only rarer, larger images are reduced, and only they can differ slightly
 # from what the exported model computes on a full-resolution decode of them.
 MAX_DECODE_PIXELS = 40_000_000
-# One such image decoded at a time, whatever the number of decoding threads.
-_ONE_LARGE_DECODE = threading.Lock()
 
 # How the pixels a model sees are made from a file: part of the activation cache's key, so
 # activations cached from pixels made another way are never reused. Change it with the above.
@@ -143,28 +141,51 @@ def decode_rgb(path: Path, max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
 
     Orientation from EXIF is applied; grayscale, palette, CMYK, 16-bit and alpha images
     become RGB (transparent areas on white); an animation gives its first frame. Only an
-    image of more than `max_pixels` is reduced while decoding (see MAX_DECODE_PIXELS), one
-    such image at a time.
+    image of more than `max_pixels` is reduced while decoding (see MAX_DECODE_PIXELS).
     """
     with open_image(path) as image:
-        large = image.width * image.height > max_pixels
-        with _ONE_LARGE_DECODE if large else contextlib.nullcontext():
-            return np.asarray(to_rgb(ImageOps.exif_transpose(_within(image, max_pixels))))
+        factor = _reduction_factor(image.size, max_pixels)
+        if factor > 1 and image.format in ("JPEG", "MPO"):  # libjpeg decodes at 1/2, 1/4 or 1/8 scale
+            scale = min(_power_of_two_at_least(factor), 8)
+            image.draft("RGB", (image.width // scale, image.height // scale))
+        with _DECODING.hold(image.width * image.height):
+            factor = _reduction_factor(image.size, max_pixels)  # what libjpeg's scales left to do
+            return np.asarray(to_rgb(ImageOps.exif_transpose(_reduced(image, factor) if factor > 1 else image)))
 
 
-def _within(image: Image.Image, max_pixels: int) -> Image.Image:
-    """`image`, or a copy reduced by a whole factor to at most `max_pixels`: JPEGs are scaled
-    by libjpeg as they decode (1/2, 1/4 or 1/8), other formats averaged over blocks after."""
-    factor = _reduction_factor(image.size, max_pixels)
-    if factor > 1 and image.format in ("JPEG", "MPO"):
-        scale = min(_power_of_two_at_least(factor), 8)
-        image.draft("RGB", (image.width // scale, image.height // scale))
-        factor = _reduction_factor(image.size, max_pixels)  # what libjpeg's scales left to do
-    if factor == 1:
-        return image
-    reduced = _reducible(image).reduce(factor)  # keeps image.info, so the EXIF orientation too
-    image.close()  # frees the full-size pixels at once
+def _reduced(image: Image.Image, factor: int) -> Image.Image:
+    """`image` decoded, then averaged over `factor` x `factor` blocks (keeping image.info, so
+    the EXIF orientation too); the full-size pixels are freed at once."""
+    reduced = _reducible(image).reduce(factor)
+    image.close()
     return reduced
+
+
+class _PixelBudget:
+    """Lets decodes run side by side while the pixels they decode stay within `limit` in all;
+    one image above it decodes alone."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_use = limit, 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.limit)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+# Decoding takes about 10 bytes per pixel at its peak (Pillow's image, then the array), so the
+# decoding threads together decode at most that many pixels at a time (about 0.4 GB), however
+# large the photos; one larger image (a PNG to be reduced) decodes alone.
+_DECODING = _PixelBudget(MAX_DECODE_PIXELS)
 
 
 def resize_for_model(pixels: np.ndarray, size: int) -> np.ndarray:
