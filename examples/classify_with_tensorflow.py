@@ -13,7 +13,10 @@ run_dir, image_path = Path(sys.argv[1]), sys.argv[2]
 labels = (run_dir / "labels.txt").read_text().splitlines()
 serve = tf.saved_model.load(str(run_dir / "saved_model")).signatures["serving_default"]
 
-# Raw RGB pixels 0-255, any size: resizing and preprocessing are inside the model.
+# Raw RGB pixels 0-255 of the whole image, any size: resizing and preprocessing are inside the
+# model, which then says what `tlearn predict` says. Unlike tlearn's decode (Pillow), TensorFlow
+# ignores EXIF orientation, keeps the colour under transparent pixels (tlearn: white) and keeps
+# the top 8 bits of 16-bit images (tlearn: scaled by the brightest pixel).
 image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
 probabilities = serve(pixels=tf.cast(image, tf.float32)[tf.newaxis])["output_0"][0].numpy()
 

@@ -3,6 +3,7 @@
     python examples/python_api.py DATA_DIR [WEIGHTS_FILE]
 """
 
+import itertools
 import sys
 
 import tlearn
@@ -19,5 +20,6 @@ print(f"fit: test accuracy {run.test_accuracy:.3f}, run in {run.run_dir}")
 tuned = tlearn.finetune(run.run_dir, unfreeze=4, epochs=5)
 print(f"finetune: test accuracy {tuned.test_accuracy:.3f}")
 
-for prediction in tlearn.predict(data_dir, model=run.run_dir, top_k=2)[:5]:
+# iter_predictions works batch by batch as it is read: five rows cost a batch, not the folder.
+for prediction in itertools.islice(tlearn.iter_predictions(data_dir, model=run.run_dir, top_k=2), 5):
     print(prediction.path, prediction.label, f"{prediction.probability:.3f}", prediction.error or "")

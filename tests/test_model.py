@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from tlearn.data.images import resize_for_model
 from tlearn.errors import TlearnError
 from tlearn.model import (
     ImagePreprocessing, build_base, build_classifier, cut_layer_name, feature_extractor, load_classifier,
@@ -90,3 +91,25 @@ def test_bad_weights_are_clear_errors(tmp_path, weights, message):
         keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(weights)
     with pytest.raises(TlearnError, match=message):
         build_base(weights, 32)
+
+
+def test_the_model_on_a_decoded_photo_equals_the_model_on_the_training_pixels(classifier):
+    # Training and predict feed resize_for_model's pixels; the exported model is given the
+    # decoded image itself. Both must come to the same pixels, hence the same probabilities.
+    photo = np.random.default_rng(3).integers(0, 256, (400, 600, 3)).astype(np.uint8)
+    resize = keras.Model(classifier.input, classifier.get_layer("resize").output)
+    np.testing.assert_array_equal(resize(photo[None].astype("float32"))[0], resize_for_model(photo, 32))
+    np.testing.assert_allclose(classifier(resize_for_model(photo, 32)[None]), classifier(photo[None].astype("float32")),
+                               rtol=0, atol=1e-6)
+
+
+def test_the_resize_layer_stays_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_classifier(["a", "b"], 32, "none", "torch", dense_units=8)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    photo = np.random.default_rng(4).uniform(0, 255, (1, 97, 131, 3)).astype("float32")
+    resized = keras.Model(model.input, model.get_layer("resize").output)(photo)
+    assert resized.dtype == "float32"
+    np.testing.assert_array_equal(resized[0], resize_for_model(photo[0], 32))

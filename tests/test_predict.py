@@ -3,9 +3,14 @@ import io
 import json
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import run_cli
+from tlearn.data.images import decode_rgb
+from tlearn.export import load_serving_function
+from tlearn.prediction import iter_predictions, predict
 
 
 def test_table_lists_each_image_with_its_class(fitted_run, dataset_dir):
@@ -20,6 +25,7 @@ def test_folders_are_searched_and_bad_files_get_their_own_row(fitted_run, datase
     result = run_cli("predict", dataset_dir / "cloudy", "--model", fitted_run, "--format", "json", "--top-k", "2")
     assert result.exit_code == 1  # notes.jpg cannot be read
     rows = json.loads(result.stdout)
+    assert result.stdout == json.dumps(rows, indent=2) + "\n"  # written row by row, laid out as one list
     errors = {r["path"].rsplit("/", 1)[-1]: r["error"] for r in rows if r["error"]}
     assert errors == {"notes.jpg": "not an image"}  # empty.jpg lives in sunrise/
     good = [r for r in rows if not r["error"]]
@@ -74,6 +80,83 @@ def test_incomplete_run_is_a_clear_error(run_copy, dataset_dir):
     assert result.exit_code == 2 and "has no saved_model/" in result.output
 
 
+def photo_like(path, seed, size=(600, 400)):
+    """A large picture with structure at every scale: smooth colour fields plus fine noise."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    pixels = np.asarray(coarse, dtype=float) + rng.normal(0, 25, (size[1], size[0], 3))
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_predict_equals_the_plain_saved_model_on_the_decoded_file(fitted_run, tmp_path):
+    # What a server using only TensorFlow computes from the decoded photo (the README's
+    # example) must be what `tlearn predict` says, for photos far larger than the model's input.
+    paths = [photo_like(tmp_path / f"photo{seed}.jpg", seed) for seed in range(6)]
+    predicted = predict(paths, model=fitted_run, top_k=3, batch_size=4)
+    serve = load_serving_function(fitted_run / "saved_model")
+    for path, prediction in zip(paths, predicted):
+        raw = decode_rgb(path).astype(np.float32)[None]  # 400 x 600: the model resizes it
+        (plain,) = serve(pixels=raw).values()
+        from_predict = {item["label"]: item["probability"] for item in prediction.top_k}
+        np.testing.assert_allclose([from_predict[name] for name in ("cloudy", "rain", "sunrise")], plain.numpy()[0],
+                                   rtol=0, atol=1e-5)
+
+
+def test_predictions_stream_batch_by_batch(fitted_run, dataset_dir, tmp_path):
+    # The last file is written only after the first prediction came back: a predict that
+    # decodes every input first would report it missing.
+    paths = [dataset_dir / "rain" / f"rain{n}.jpg" for n in range(5)] + [tmp_path / "late.jpg"]
+    stream = iter_predictions(paths, model=fitted_run, batch_size=2)
+    assert len(stream) == 6
+    rows = iter(stream)
+    first = next(rows)
+    shutil.copy(dataset_dir / "rain" / "rain9.jpg", tmp_path / "late.jpg")
+    rest = list(rows)
+    assert [row.path for row in [first, *rest]] == [str(path) for path in paths]
+    assert rest[-1].error is None and rest[-1].label == "rain"
+
+
+PTY_PREDICT = """
+import fcntl, os, pty, struct, subprocess, sys, termios
+primary, secondary = pty.openpty()
+fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+child = subprocess.Popen([sys.executable, "-m", "tlearn", "predict", *sys.argv[1:]], stdout=subprocess.PIPE,
+                         stderr=secondary)
+os.close(secondary)
+terminal = b""
+while True:
+    try:
+        chunk = os.read(primary, 4096)
+    except OSError:  # the child closed the terminal
+        break
+    if not chunk:
+        break
+    terminal += chunk
+stdout = child.stdout.read()
+child.wait()
+sys.stdout.write(repr((child.returncode, stdout.decode(), terminal.decode(errors="replace"))))
+"""
+
+
+def test_a_progress_bar_shows_on_a_terminal_and_rows_on_stdout(fitted_run, dataset_dir):
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", PTY_PREDICT, str(dataset_dir / "rain"), "--model", str(fitted_run),
+               "--batch-size", "4", "--format", "csv"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code, stdout, terminal = ast.literal_eval(subprocess.run(command, capture_output=True, text=True, env=env,
+                                                             check=True).stdout)
+    assert code == 1  # truncated.jpg cannot be read
+    assert "predicting" in terminal and "img" in terminal  # tqdm's bar, drawn on the terminal
+    assert len(list(csv.DictReader(io.StringIO(stdout)))) == 14 + 2  # rain0..13, alpha.png, truncated.jpg
+
+
 def test_tensorflow_start_up_noise_stays_out_of_the_output(fitted_run, dataset_dir):
     import os
     import subprocess
@@ -88,5 +171,5 @@ def test_tensorflow_start_up_noise_stays_out_of_the_output(fitted_run, dataset_d
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stderr == ""  # no oneDNN, CUDA or absl lines: nothing a user can act on
+    assert done.stderr == ""  # no oneDNN, CUDA or absl lines, and no progress bar off a terminal
     assert done.stdout.splitlines()[1].split()[1] == "rain"

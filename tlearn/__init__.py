@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit": "train.stages", "finetune": "train.stages", "RunResult": "train.stages",
     "evaluate": "evaluation", "Evaluation": "evaluation",
-    "predict": "prediction", "Prediction": "prediction",
+    "predict": "prediction", "iter_predictions": "prediction", "Prediction": "prediction",
     "Run": "run", "load_model": "run",
     "FitSettings": "settings", "FinetuneSettings": "settings", "EvaluateSettings": "settings",
     "PredictSettings": "settings", "CheckSettings": "settings",

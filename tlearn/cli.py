@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
@@ -311,9 +312,11 @@ def check(data_dir, output_format, cache_dir, **options):
 @_models_dir_option
 @settings_options(PredictSettings)
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def predict(images, model, models_dir, output_format, **options):
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr when it is a terminal.")
+def predict(images, model, models_dir, output_format, progress, **options):
     """Classify IMAGES (files, folders searched recursively, or globs).
 
+    Rows are written as the images are classified, batch by batch, in the order given.
     Exit code 1 if any image could not be read (its row says why), 2 for a bad option or run.
 
     \b
@@ -322,32 +325,66 @@ def predict(images, model, models_dir, output_format, **options):
     """
     settings = _settings_of(PredictSettings, options)
     load_tensorflow_quietly()
+    from tqdm.auto import tqdm
+
+    from .prediction import iter_predictions
+
     run = _open_run(model, models_dir)
-    results = _call(run.predict, list(images), **settings)
-    click.echo(_format_predictions(results, output_format, settings["top_k"]), nl=False)
-    if any(result.error for result in results):
+    stream = _call(iter_predictions, list(images), model=run, **settings)
+    rows = _PredictionRows(output_format, settings["top_k"], max(len(str(path)) for path in stream.paths))
+    any_failed = False
+    # disable=None: no bar where stderr is not a terminal (a log file, a pipe)
+    with tqdm(total=len(stream), desc="predicting", unit="img", disable=None if progress else True, leave=False) as bar:
+        _write_above(bar, rows.header())
+        for index, result in enumerate(stream):
+            _write_above(bar, rows.row(result, first=index == 0))
+            bar.update(1)
+            any_failed = any_failed or result.error is not None
+        _write_above(bar, rows.footer())
+    if any_failed:
         sys.exit(1)
 
 
-def _format_predictions(results, output_format: str, top_k: int) -> str:
-    if output_format == "json":
-        return json.dumps([vars(result) for result in results], indent=2) + "\n"
-    if output_format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        ranked = [f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("label", "probability")]
-        writer.writerow(["path", "label", "probability", *ranked, "error"])
-        for result in results:
+def _write_above(bar, text: str) -> None:
+    """Write to stdout at once, the progress bar redrawn below it where both share a terminal."""
+    with bar.external_write_mode(file=sys.stdout):
+        click.echo(text, nl=False)
+
+
+class _PredictionRows:
+    """predict's output, one row at a time: an aligned table, CSV with flattened top-k, or a
+    JSON array (valid once the footer is written) of Prediction records."""
+
+    def __init__(self, output_format: str, top_k: int, path_width: int):
+        self.output_format, self.top_k = output_format, top_k
+        self.width = max(len("path"), path_width)
+        self.ranked = [f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("label", "probability")]
+
+    def header(self) -> str:
+        if self.output_format == "json":
+            return "["
+        if self.output_format == "csv":
+            return self._csv_line(["path", "label", "probability", *self.ranked, "error"])
+        return f"{'path':<{self.width}}  prediction\n"
+
+    def row(self, result, first: bool) -> str:
+        if self.output_format == "json":
+            return ("\n" if first else ",\n") + textwrap.indent(json.dumps(vars(result), indent=2), "  ")
+        if self.output_format == "csv":
             pairs = [v for item in result.top_k for v in (item["label"], f"{item['probability']:.6f}")]
-            pairs += [""] * (len(ranked) - len(pairs))
+            pairs += [""] * (len(self.ranked) - len(pairs))
             probability = "" if result.probability is None else f"{result.probability:.6f}"
-            writer.writerow([result.path, result.label or "", probability, *pairs, result.error or ""])
-        return buffer.getvalue()
-    width = max(len("path"), *(len(result.path) for result in results))
-    lines = [f"{'path':<{width}}  prediction"]
-    for result in results:
+            return self._csv_line([result.path, result.label or "", probability, *pairs, result.error or ""])
         shown = f"error: {result.error}" if result.error else "  ".join(
             f"{item['label']} {item['probability']:.3f}" for item in result.top_k
         )
-        lines.append(f"{result.path:<{width}}  {shown}")
-    return "\n".join(lines) + "\n"
+        return f"{result.path:<{self.width}}  {shown}\n"
+
+    def footer(self) -> str:
+        return "\n]\n" if self.output_format == "json" else ""
+
+    @staticmethod
+    def _csv_line(values: list[str]) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(values)
+        return buffer.getvalue()

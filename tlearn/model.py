@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from .data.files import file_sha256
+from .data.images import RESIZE
 from .errors import TlearnError
 
 BASE_NAME = "vgg16"
@@ -105,7 +106,9 @@ def build_classifier(
     base = build_base(weights, image_size)
     base.trainable = False
     pixels = keras.Input((None, None, 3), name="pixels")
-    x = layers.Resizing(image_size, image_size, antialias=True, name="resize")(pixels)
+    # The resize of data.images.resize_for_model, which made the training pixels, in float32
+    # under any dtype policy: the model given the decoded image computes what training saw.
+    x = layers.Resizing(image_size, image_size, **RESIZE, dtype="float32", name="resize")(pixels)
     x = ImagePreprocessing(preprocess, name="preprocess")(x)
     x = base(x, training=False)  # keeps any normalisation layers in inference mode
     x = layers.GlobalAveragePooling2D(name="pool")(x)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from .data.check import visible_files
-from .data.images import IMAGE_SUFFIXES, UnreadableImage, load_rgb, probe
+from .data.images import IMAGE_SUFFIXES, UnreadableImage, load_batches, probe
 from .errors import TlearnError
 from .export import SERVING_INPUT, load_serving_function
 from .run import Run
@@ -56,6 +57,74 @@ def _looks_like_image(path: Path) -> bool:
         return False
 
 
+class PredictionStream:
+    """Predictions of `paths`, in order, made batch by batch as they are iterated over.
+
+    Iterate once; `len()` is the number of images, known before any is decoded.
+    """
+
+    def __init__(self, paths: list[Path], rows: Iterator[Prediction]):
+        self.paths = paths
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return self._rows
+
+
+def iter_predictions(
+    images: list[str | Path] | str | Path, *, model: str | Path | Run | None = None,
+    models_dir: str | Path = DEFAULT_MODELS_DIR, top_k: int = PredictSettings.top_k,
+    batch_size: int = PredictSettings.batch_size,
+) -> PredictionStream:
+    """`predict`, one Prediction at a time: memory stays that of two batches however many
+    images there are, and the first rows come while later images are still to be decoded.
+
+    The run and the options are checked and the images found before this returns; the next
+    batch decodes while the model works on the current one.
+    """
+    settings = settings_from(PredictSettings, locals())
+    if isinstance(images, (str, Path)):
+        images = [images]
+    run = Run.open(model, models_dir)
+    if not settings.top_k <= len(run.class_names):
+        raise TlearnError(
+            f"--top-k must be between 1 and {len(run.class_names)} (the number of classes), got {top_k}"
+        )
+    if not run.files.saved_model.is_dir():
+        raise TlearnError(f"{run.path} has no {run.files.saved_model.name}/: it is incomplete; fit it again")
+    serve = load_serving_function(run.files.saved_model)
+    paths = collect_images(images)
+    if not paths:
+        raise TlearnError(f"no images found in {', '.join(map(str, images))}")
+    return PredictionStream(paths, _predicted(paths, serve, run, settings))
+
+
+def _predicted(paths: list[Path], serve, run: Run, settings: PredictSettings) -> Iterator[Prediction]:
+    loaded_batches = load_batches(paths, run.spec.image_size, settings.batch_size)
+    for start, loaded in zip(range(0, len(paths), settings.batch_size), loaded_batches):
+        results = [Prediction(str(path)) for path in paths[start : start + settings.batch_size]]
+        for result, item in zip(results, loaded):
+            if isinstance(item, UnreadableImage):
+                result.error = str(item)
+        readable = [(result, pixels) for result, pixels in zip(results, loaded) if result.error is None]
+        if readable:
+            # The pixels are those training saw, already at the model's size, where the model's
+            # own resize is the identity: the same as giving the SavedModel the decoded file.
+            (probabilities,) = serve(**{SERVING_INPUT: np.stack([pixels for _, pixels in readable])}).values()
+            for (result, _), row in zip(readable, probabilities.numpy()):
+                _rank(result, row, run.class_names, settings.top_k)
+        yield from results
+
+
+def _rank(result: Prediction, probabilities: np.ndarray, class_names: list[str], top_k: int) -> None:
+    best = np.argsort(-probabilities)[:top_k]
+    result.top_k = [{"label": class_names[i], "probability": float(probabilities[i])} for i in best]
+    result.label, result.probability = result.top_k[0]["label"], result.top_k[0]["probability"]
+
+
 def predict(
     images: list[str | Path] | str | Path, *, model: str | Path | Run | None = None,
     models_dir: str | Path = DEFAULT_MODELS_DIR, top_k: int = PredictSettings.top_k,
@@ -65,35 +134,7 @@ def predict(
 
     `model` is a run directory (default: the newest run in `models_dir`). A file that cannot
     be read gets its `error` set and the others are still classified. Each result lists the
-    `top_k` most likely classes.
+    `top_k` most likely classes. For many images, `iter_predictions` gives the same results
+    one at a time, in bounded memory.
     """
-    settings = settings_from(PredictSettings, locals())
-    if isinstance(images, (str, Path)):
-        images = [images]
-    run = Run.open(model, models_dir)
-    class_names = run.class_names
-    if not settings.top_k <= len(class_names):
-        raise TlearnError(f"--top-k must be between 1 and {len(class_names)} (the number of classes), got {top_k}")
-    if not run.files.saved_model.is_dir():
-        raise TlearnError(f"{run.path} has no {run.files.saved_model.name}/: it is incomplete; fit it again")
-    serve = load_serving_function(run.files.saved_model)
-
-    paths = collect_images(images)
-    if not paths:
-        raise TlearnError(f"no images found in {', '.join(map(str, images))}")
-    results = [Prediction(str(path)) for path in paths]
-    readable: list[tuple[Prediction, np.ndarray]] = []
-    for result, path in zip(results, paths):
-        try:
-            readable.append((result, load_rgb(path, run.spec.image_size)))
-        except UnreadableImage as error:
-            result.error = str(error)
-    for start in range(0, len(readable), settings.batch_size):
-        chunk = readable[start : start + settings.batch_size]
-        pixels = np.stack([pixels for _, pixels in chunk]).astype(np.float32)
-        (probabilities,) = serve(**{SERVING_INPUT: pixels}).values()
-        for (result, _), row in zip(chunk, probabilities.numpy()):
-            best = np.argsort(-row)[: settings.top_k]
-            result.top_k = [{"label": class_names[i], "probability": float(row[i])} for i in best]
-            result.label, result.probability = result.top_k[0]["label"], result.top_k[0]["probability"]
-    return results
+    return list(iter_predictions(images, model=model, models_dir=models_dir, top_k=top_k, batch_size=batch_size))

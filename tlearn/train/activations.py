@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_atomically, write_text_atomically
 from ..data.dataset import ImageRecord, SkippedFile
-from ..data.images import UnreadableImage, load_rgb
+from ..data.images import PIXELS_VERSION, UnreadableImage, load_batches
 from ..errors import TlearnError
 from ..run import ModelSpec, Run
 from ..settings import default_cache_root
@@ -174,7 +172,7 @@ def activation_cache(
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     cache = ActivationCache.for_config(
         root, weights=spec.weights_identity, preprocess=spec.preprocess, image_size=spec.image_size, cut=cut,
-        policy=policy,
+        policy=policy, pixels=PIXELS_VERSION,
     )
     return cache.with_augment_key(f"{augment}-seed{seed}")
 
@@ -269,21 +267,10 @@ def _decoded_batches(
     records: list[ImageRecord], size: int, batch_size: int
 ) -> Iterator[tuple[list[ImageRecord], list[np.ndarray | SkippedFile]]]:
     """(records, their pixels or why they failed) per batch; the next batch decodes meanwhile."""
-    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-    if not batches:
-        return
-    decode = partial(_decode, size=size)
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        upcoming = pool.map(decode, batches[0])
-        for index, batch in enumerate(batches):
-            decoded = list(upcoming)
-            if index + 1 < len(batches):
-                upcoming = pool.map(decode, batches[index + 1])
-            yield batch, decoded
-
-
-def _decode(record: ImageRecord, size: int) -> np.ndarray | SkippedFile:
-    try:
-        return load_rgb(record.path, size)
-    except UnreadableImage as error:
-        return SkippedFile(record.path, str(error))
+    loaded = load_batches([record.path for record in records], size, batch_size)
+    for start, pixels in zip(range(0, len(records), batch_size), loaded):
+        batch = records[start : start + batch_size]
+        yield batch, [
+            SkippedFile(record.path, str(item)) if isinstance(item, UnreadableImage) else item
+            for record, item in zip(batch, pixels)
+        ]
