@@ -55,14 +55,20 @@ def test_cmyk_jpeg_keeps_its_colour(tmp_path):
     assert blue > 150 and red < 80
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    # A 40x20 picture, left half black and right half white, tagged "rotate 90": upright it
-    # is 20 wide and 40 tall, with the white half at the top or bottom.
+def _half_white_tagged_rotate_90():
+    """A 40x20 picture, left half black and right half white, and EXIF saying "rotate 90"."""
     pixels = np.zeros((20, 40, 3), np.uint8)
     pixels[:, 20:] = 255
     image = Image.fromarray(pixels)
     exif = image.getexif()
     exif[0x0112] = 6
+    return image, exif
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # A 40x20 picture, left half black and right half white, tagged "rotate 90": upright it
+    # is 20 wide and 40 tall, with the white half at the top or bottom.
+    image, exif = _half_white_tagged_rotate_90()
     path = tmp_path / "rotated.jpg"
     image.save(path, exif=exif, quality=100)
     upright = load_rgb(path, 40).astype(int)
@@ -115,11 +121,7 @@ def test_an_image_over_the_pixel_limit_is_reduced_in_every_mode(tmp_path, mode, 
 
 
 def test_exif_orientation_survives_the_reduction(tmp_path):
-    pixels = np.zeros((20, 40, 3), np.uint8)
-    pixels[:, 20:] = 255
-    image = Image.fromarray(pixels)
-    exif = image.getexif()
-    exif[0x0112] = 6
+    image, exif = _half_white_tagged_rotate_90()
     for suffix in (".png", ".jpg"):
         image.save(tmp_path / f"rotated{suffix}", exif=exif)
         upright = decode_rgb(tmp_path / f"rotated{suffix}", max_pixels=200).astype(int)
