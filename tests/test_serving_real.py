@@ -78,3 +78,19 @@ def test_fit_evaluate_and_predict_give_one_test_accuracy(fitted):
     assert evaluated.exit_code == 0, evaluated.output
     from_evaluate = json.loads((run / "report" / "evaluate-test" / "metrics.json").read_text())["accuracy"]
     assert from_fit == from_evaluate == pytest.approx(from_predict, abs=1e-9)
+
+
+def test_one_photo_five_routes_one_answer_on_real_photos(fitted):
+    """tlearn predict, the SavedModel's pixel and bytes signatures, LiteRT and ONNX float32."""
+    from test_export import five_routes
+
+    root, run, large = fitted
+    for format in ("litert", "onnx"):
+        result = run_cli("export", run, "--format", format)
+        assert result.exit_code == 0, result.output
+    test_files = [root / row["path"] for row in csv.DictReader(open(run / "split.csv")) if row["subset"] == "test"]
+    paths = test_files[:: max(1, len(test_files) // 8)] + large[:2]
+    routes = five_routes(run, paths)
+    for name, probabilities in routes.items():
+        np.testing.assert_allclose(probabilities, routes["tlearn predict"], atol=1e-3, rtol=0, err_msg=name)
+

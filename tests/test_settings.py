@@ -11,7 +11,8 @@ import tlearn
 from tlearn.cli import main
 from tlearn.errors import TlearnError
 from tlearn.settings import (
-    CheckSettings, EvaluateSettings, FinetuneSettings, FitSettings, PredictSettings, TrainingSettings,
+    CheckSettings, EvaluateSettings, ExportSettings, FinetuneSettings, FitSettings, PredictSettings,
+    TrainingSettings,
 )
 
 COMMANDS = [
@@ -20,6 +21,7 @@ COMMANDS = [
     ("evaluate", tlearn.evaluate, EvaluateSettings),
     ("predict", tlearn.predict, PredictSettings),
     ("check", tlearn.check_folder, CheckSettings),
+    ("export", tlearn.export_model, ExportSettings),
 ]
 
 
@@ -74,6 +76,8 @@ def test_fit_and_finetune_share_one_group_with_their_own_defaults():
         (EvaluateSettings, {"show_wrong": -1}, "--show-wrong must be at least 0"),
         (PredictSettings, {"top_k": 0}, "--top-k must be at least 1"),
         (CheckSettings, {"max_aspect_ratio": 0.5}, "--max-aspect-ratio must be at least 1"),
+        (ExportSettings, {"quantize": "int4"}, "--quantize must be one of none, float16, dynamic, int8"),
+        (ExportSettings, {"format": "coreml"}, "--format must be one of litert, onnx"),
     ],
 )
 def test_each_bad_value_is_one_clear_error(settings_class, values, message):

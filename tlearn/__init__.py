@@ -22,8 +22,9 @@ _LAZY = {
     "evaluate": "evaluation", "Evaluation": "evaluation",
     "predict": "prediction", "iter_predictions": "prediction", "Prediction": "prediction",
     "Run": "run", "load_model": "run",
+    "export_model": "conversion", "ExportResult": "conversion",
     "FitSettings": "settings", "FinetuneSettings": "settings", "EvaluateSettings": "settings",
-    "PredictSettings": "settings", "CheckSettings": "settings",
+    "PredictSettings": "settings", "CheckSettings": "settings", "ExportSettings": "settings",
     "check_folder": "data.check", "DataCheck": "data.check",
 }
 __all__ = ["TlearnError", "__version__", *_LAZY]

@@ -19,7 +19,8 @@ import click
 
 from .errors import TlearnError
 from .settings import (
-    DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, FinetuneSettings, FitSettings, PredictSettings,
+    DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, ExportSettings, FinetuneSettings, FitSettings,
+    PredictSettings,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,6 +79,7 @@ def main():
     tlearn finetune --unfreeze 4         train the top of VGG16 too
     tlearn evaluate                      test-split report of the newest run
     tlearn predict photo.jpg             classify with the newest run
+    tlearn export --format onnx          the newest run as a verified .onnx file
     """
 
 
@@ -308,7 +310,8 @@ def check(data_dir, output_format, cache_dir, **options):
 
 @main.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", "model", type=click.Path(file_okay=False), help="Run directory. [default: the newest run in MODELS_DIR]")
+@click.option("--model", "model", type=click.Path(), help="Run directory, SavedModel folder, or .tflite / .onnx file "
+              "from `tlearn export`. [default: the newest run in MODELS_DIR]")
 @_models_dir_option
 @settings_options(PredictSettings)
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
@@ -329,8 +332,7 @@ def predict(images, model, models_dir, output_format, progress, **options):
 
     from .prediction import iter_predictions
 
-    run = _open_run(model, models_dir)
-    stream = _call(iter_predictions, list(images), model=run, **settings)
+    stream = _call(iter_predictions, list(images), model=model, models_dir=models_dir, **settings)
     rows = _PredictionRows(output_format, settings["top_k"], max(len(str(path)) for path in stream.paths))
     any_failed = False
     # disable=None: no bar where stderr is not a terminal (a log file, a pipe)
@@ -343,6 +345,36 @@ def predict(images, model, models_dir, output_format, progress, **options):
         _write_above(bar, rows.footer())
     if any_failed:
         sys.exit(1)
+
+
+@main.command("export")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@_models_dir_option
+@settings_options(ExportSettings)
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Where the run's dataset is now, if it moved.")
+def export_command(run_dir, models_dir, data_dir, **options):
+    """Export a run as a LiteRT (.tflite) or ONNX (.onnx) file, verified on its test split.
+
+    RUN_DIR defaults to the newest run in MODELS_DIR. Writes RUN_DIR/export/model_<quantize>.tflite
+    (or .onnx) only once it has been checked against the run's SavedModel on the test split:
+    top-1 agreement, largest probability difference, accuracy, size and single-image latency,
+    kept in RUN_DIR/export/verification.json and printed as a table. The file takes float32
+    [N, S, S, 3] RGB 0-255 pixels already resized to the run's image size S with tlearn's
+    resize_for_model (LiteRT and ONNX have no antialiased resize). `tlearn predict --model FILE`
+    runs it.
+
+    \b
+    Example:
+      tlearn export models/weather --format litert --quantize int8
+    """
+    settings = _settings_of(ExportSettings, options)
+    load_tensorflow_quietly()
+    run = _open_run(run_dir, models_dir)
+    result = _call(run.export_model, data_dir=data_dir, **settings)
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    click.echo(f"Exported: {result.path} ({result.verification['bytes'] / 1e6:.1f} MB)")
+    click.echo(result.table, nl=False)
 
 
 def _write_above(bar, text: str) -> None:

@@ -1,6 +1,7 @@
-"""`predict`: class probabilities from a run's exported SavedModel.
+"""`predict`: class probabilities from an exported model: a run's SavedModel, a SavedModel
+folder, or a LiteRT / ONNX file that `tlearn export` wrote (runtimes.py).
 
-It runs the SavedModel, not the training code, so what it says is what a deployed model says.
+It runs the exported model, not the training code, so what it says is what a deployed model says.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 from .data.check import visible_files
 from .data.images import IMAGE_SUFFIXES, UnreadableImage, load_batches, probe
 from .errors import TlearnError
-from .export import SERVING_INPUT, load_serving_function
 from .run import Run
+from .runtimes import ServedModel, open_model
 from .settings import DEFAULT_MODELS_DIR, PredictSettings, settings_from
 
 
@@ -88,22 +89,19 @@ def iter_predictions(
     settings = settings_from(PredictSettings, locals())
     if isinstance(images, (str, Path)):
         images = [images]
-    run = Run.open(model, models_dir)
-    if not settings.top_k <= len(run.class_names):
+    served = open_model(model, models_dir)
+    if not settings.top_k <= len(served.class_names):
         raise TlearnError(
-            f"--top-k must be between 1 and {len(run.class_names)} (the number of classes), got {top_k}"
+            f"--top-k must be between 1 and {len(served.class_names)} (the number of classes), got {top_k}"
         )
-    if not run.files.saved_model.is_dir():
-        raise TlearnError(f"{run.path} has no {run.files.saved_model.name}/: it is incomplete; fit it again")
-    serve = load_serving_function(run.files.saved_model)
     paths = collect_images(images)
     if not paths:
         raise TlearnError(f"no images found in {', '.join(map(str, images))}")
-    return PredictionStream(paths, _predicted(paths, serve, run, settings))
+    return PredictionStream(paths, _predicted(paths, served, settings))
 
 
-def _predicted(paths: list[Path], serve, run: Run, settings: PredictSettings) -> Iterator[Prediction]:
-    loaded_batches = load_batches(paths, run.spec.image_size, settings.batch_size)
+def _predicted(paths: list[Path], served: ServedModel, settings: PredictSettings) -> Iterator[Prediction]:
+    loaded_batches = load_batches(paths, served.image_size, settings.batch_size)
     for start, loaded in zip(range(0, len(paths), settings.batch_size), loaded_batches):
         results = [Prediction(str(path)) for path in paths[start : start + settings.batch_size]]
         for result, item in zip(results, loaded):
@@ -111,11 +109,12 @@ def _predicted(paths: list[Path], serve, run: Run, settings: PredictSettings) ->
                 result.error = str(item)
         readable = [(result, pixels) for result, pixels in zip(results, loaded) if result.error is None]
         if readable:
-            # The pixels are those training saw, already at the model's size, where the model's
-            # own resize is the identity: the same as giving the SavedModel the decoded file.
-            (probabilities,) = serve(**{SERVING_INPUT: np.stack([pixels for _, pixels in readable])}).values()
-            for (result, _), row in zip(readable, probabilities.numpy()):
-                _rank(result, row, run.class_names, settings.top_k)
+            # The pixels are those training saw, already at the model's size, where the SavedModel's
+            # own resize is the identity: the same as giving it the decoded file. LiteRT and ONNX
+            # files take exactly these pixels.
+            probabilities = served.probabilities(np.stack([pixels for _, pixels in readable]))
+            for (result, _), row in zip(readable, probabilities):
+                _rank(result, row, served.class_names, settings.top_k)
         yield from results
 
 
@@ -130,9 +129,11 @@ def predict(
     models_dir: str | Path = DEFAULT_MODELS_DIR, top_k: int = PredictSettings.top_k,
     batch_size: int = PredictSettings.batch_size,
 ) -> list[Prediction]:
-    """Classify image files, folders or globs with a run's SavedModel.
+    """Classify image files, folders or globs with a run's SavedModel or an exported file.
 
-    `model` is a run directory (default: the newest run in `models_dir`). A file that cannot
+    `model` is a run directory (default: the newest run in `models_dir`), a SavedModel folder,
+    or a .tflite / .onnx file from `tlearn export` (with the run beside it for class names
+    and image size, which an .onnx file also carries itself). A file that cannot
     be read gets its `error` set and the others are still classified. Each result lists the
     `top_k` most likely classes. For many images, `iter_predictions` gives the same results
     one at a time, in bounded memory.

@@ -177,6 +177,12 @@ class Run:
 
         return evaluate(self, **settings)
 
+    def export_model(self, **settings):
+        """`tlearn.export_model` of this run; see there for the settings."""
+        from .conversion import export_model
+
+        return export_model(self, **settings)
+
     def predict(self, images, **settings):
         """`tlearn.predict` with this run's model; see there for the settings."""
         from .prediction import predict

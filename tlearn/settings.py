@@ -207,6 +207,31 @@ class PredictSettings:
         _at_least(self, 1, "top_k", "batch_size")
 
 
+EXPORT_FORMATS = ("litert", "onnx")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Settings of `tlearn export`; every field is a keyword of `tlearn.export_model`."""
+
+    # LiteRT first: the format phones and microcontrollers run, and the one needing no converter extra.
+    format: str = setting("litert", "litert (.tflite, through ai-edge-litert) or onnx (.onnx, through onnxruntime).",
+                          choices=EXPORT_FORMATS)
+    quantize: str = setting("none", "none (float32), float16 (half the size), dynamic (int8 weights) or int8 "
+                                    "(int8 weights and activations, calibrated on training images).",
+                            choices=QUANTIZATIONS)
+    # About 100 images is what the LiteRT and ONNX Runtime guides suggest for calibration: enough
+    # to see each activation's range, and a few seconds per 100 images through VGG16 on a CPU.
+    representative_images: int = setting(100, "int8: how many training images (stratified, seeded by the run's "
+                                              "seed) calibrate the activation ranges.")
+
+    def __post_init__(self) -> None:
+        _one_of(self, "format", EXPORT_FORMATS)
+        _one_of(self, "quantize", QUANTIZATIONS)
+        _at_least(self, 1, "representative_images")
+
+
 def settings_from(settings_class, arguments: dict[str, Any]):
     """`settings_class` built from the fields found in `arguments` (an API function's locals())."""
     return settings_class(**{f.name: arguments[f.name] for f in fields(settings_class) if f.name in arguments})

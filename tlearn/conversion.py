@@ -1,0 +1,194 @@
+"""`export`: a run's classifier as a LiteRT (.tflite) or ONNX (.onnx) file, float32 or quantized.
+
+Neither format has the antialiased resize the SavedModel starts with (TensorFlow's
+ScaleAndTranslate op), so their graph starts after it: a fixed-size float32 RGB 0-255 input at
+the run's image size, resized beforehand with data/images.resize_for_model, as predict and
+training do. Each file is converted in a staging folder inside RUN/export/, verified on the
+run's test split (verification.py), and only then renamed into place: an export that fails or
+is interrupted leaves no file that looks done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .atomic import staging_folder
+from .data.images import RESIZE, UnreadableImage, load_batches
+from .errors import TlearnError
+from .run import Run
+from .runtimes import LITERT_SUFFIX, ONNX_METADATA_PREFIX, ONNX_SUFFIX, native_output_silenced, require
+from .settings import DEFAULT_MODELS_DIR, ExportSettings, settings_from
+from .verification import TestImages, read_verification, record_verification, verification_table, verify
+
+EXPORT_INPUT = "pixels"
+_BATCH = 16
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the exported file, in RUN/export/
+    verification: dict  # its entry in RUN/export/verification.json
+    table: str  # every verified export of the run, one row each
+    warnings: list[str] = field(default_factory=list)
+
+
+def export_file_name(format: str, quantize: str) -> str:
+    return f"model_{quantize}{LITERT_SUFFIX if format == 'litert' else ONNX_SUFFIX}"
+
+
+def export_model(
+    run: str | Path | Run | None = None, *, models_dir: str | Path = DEFAULT_MODELS_DIR,
+    format: str = ExportSettings.format, quantize: str = ExportSettings.quantize,
+    representative_images: int = ExportSettings.representative_images, data_dir: str | Path | None = None,
+) -> ExportResult:
+    """Export a run (default: the newest in `models_dir`) as RUN/export/model_<quantize>.tflite
+    or .onnx, verified against its SavedModel on the test split (RUN/export/verification.json).
+
+    `format`: litert or onnx; `quantize`: none, float16, dynamic or int8 (int8 calibrates on
+    `representative_images` training images). `data_dir`: where the run's dataset is now, if it
+    moved. The exported graph takes float32 [N, S, S, 3] RGB 0-255 pixels already resized to the
+    run's image size S with tlearn's resize_for_model; it computes in float32.
+    """
+    settings = settings_from(ExportSettings, locals())
+    _require_converter(settings.format)
+    run = Run.open(run, models_dir)
+    split = run.read_split(data_dir, subsets=("train", "test") if settings.quantize == "int8" else ("test",))
+    test = TestImages.load(run, split["test"])
+    calibration = _calibration_pixels(run, split["train"], settings.representative_images) \
+        if settings.quantize == "int8" else None
+    graph = fixed_size_graph(run)
+    target = run.files.root / "export" / export_file_name(settings.format, settings.quantize)
+    with staging_folder(target.parent) as staging:
+        staged = staging / target.name
+        with native_output_silenced():
+            if settings.format == "litert":
+                _convert_litert(graph, staged, settings.quantize, calibration)
+            else:
+                _convert_onnx(graph, staged, settings.quantize, calibration, run, staging)
+        entry, warnings = verify(staged, settings.format, settings.quantize, run, test,
+                                 read_verification(target.parent))
+        entries = record_verification(target.parent, entry)  # first, so a file in place is always verified
+        os.replace(staged, target)
+    return ExportResult(target, entry, verification_table(entries), warnings)
+
+
+def _require_converter(format: str) -> None:
+    if format == "litert":
+        require("ai_edge_litert.interpreter", "litert", "--format litert")
+    else:
+        for module in ("tf2onnx", "onnx", "onnxruntime"):
+            require(module, "onnx", "--format onnx")
+
+
+def fixed_size_graph(run: Run):
+    """The run's classifier from its preprocessing layer's input to its output, in float32:
+    whatever layers follow the base, without the resize that LiteRT and ONNX lack."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # exports compute in float32 whatever training used
+    try:
+        model = run.load_model()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return keras.Model(model.get_layer("preprocess").input, model.output, name="tlearn_fixed_size")
+
+
+def _calibration_pixels(run: Run, train_records, count: int) -> np.ndarray:
+    """Up to `count` training images, stratified by class, in an order seeded by the run's seed."""
+    rng = np.random.default_rng(run.metadata.split.seed)
+    by_class: dict[str, list] = {}
+    for record in sorted(train_records, key=lambda r: str(r.path)):
+        by_class.setdefault(record.label, []).append(record)
+    queues = [list(rng.permutation(len(records))) for records in by_class.values()]
+    chosen = []
+    while len(chosen) < count and any(queues):  # round robin: classes alike, the large ones longer
+        for records, queue in zip(by_class.values(), queues):
+            if queue and len(chosen) < count:
+                chosen.append(records[queue.pop(0)].path)
+    pixels = [item for batch in load_batches(chosen, run.spec.image_size, _BATCH) for item in batch
+              if not isinstance(item, UnreadableImage)]
+    if not pixels:
+        raise TlearnError(f"--quantize int8 needs training images to calibrate on, and none of {run.path}'s "
+                          "could be read: pass the dataset's place with --data")
+    return np.stack(pixels)
+
+
+def _convert_litert(graph, path: Path, quantize: str, calibration: np.ndarray | None) -> None:
+    import tensorflow as tf
+
+    size = graph.input.shape[1]
+    options: dict = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}  # no Flex ops: the plain runtime runs it
+    if quantize != "none":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        options["target_spec"]["supported_types"] = [tf.float16]
+    if quantize == "int8":  # int8 inside, float32 pixels in and probabilities out
+        options["representative_dataset"] = lambda: ([pixels[None]] for pixels in calibration)
+        options["target_spec"]["supported_ops"] = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32, name=EXPORT_INPUT)
+    graph.export(str(path), format="litert", input_signature=[spec], verbose=False, **options)
+
+
+def _convert_onnx(graph, path: Path, quantize: str, calibration: np.ndarray | None, run: Run, work: Path) -> None:
+    import onnx
+    import tensorflow as tf
+
+    size = graph.input.shape[1]
+    float32 = work / "float32.onnx"
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    graph.export(str(float32), format="onnx", verbose=False,
+                 input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=EXPORT_INPUT)])
+    if quantize == "none":
+        model = onnx.load(str(float32))
+    elif quantize == "float16":
+        float16 = require("onnxconverter_common.float16", "onnx", "--format onnx --quantize float16")
+        model = float16.convert_float_to_float16(onnx.load(str(float32)), keep_io_types=True)
+    else:
+        model = onnx.load(str(_quantize_onnx(float32, quantize, calibration, work)))
+    _add_onnx_metadata(model, run, quantize)
+    onnx.save(model, str(path))
+
+
+def _quantize_onnx(float32: Path, quantize: str, calibration: np.ndarray | None, work: Path) -> Path:
+    from onnxruntime import quantization
+
+    prepared, quantized = work / "prepared.onnx", work / "quantized.onnx"
+    quantization.quant_pre_process(str(float32), str(prepared))  # shapes and folding the quantizer needs
+    if quantize == "dynamic":
+        quantization.quantize_dynamic(str(prepared), str(quantized), weight_type=quantization.QuantType.QInt8)
+        return quantized
+
+    class Calibration(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{EXPORT_INPUT: pixels[None]} for pixels in calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantization.quantize_static(
+        str(prepared), str(quantized), Calibration(), quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8)
+    return quantized
+
+
+def _add_onnx_metadata(model, run: Run, quantize: str) -> None:
+    """What predict needs without the run: class names, image size and how the input is made."""
+    spec = run.spec
+    properties = {
+        "class_names": json.dumps(spec.class_names), "image_size": str(spec.image_size),
+        "input": f"float32 [N, {spec.image_size}, {spec.image_size}, 3] RGB 0-255, resized from the decoded image "
+                 f"with tlearn's resize_for_model ({RESIZE['interpolation']}, antialias={RESIZE['antialias']})",
+        "preprocess": f"{spec.preprocess} (inside the graph)", "quantize": quantize,
+        "tlearn_version": __version__, "stage": run.last_stage.name,
+    }
+    for key, value in properties.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = ONNX_METADATA_PREFIX + key, value
