@@ -162,4 +162,5 @@ def test_a_failed_export_leaves_no_file_that_looks_done(run_copy, monkeypatch):
     monkeypatch.setattr(tlearn.conversion, "verify", fail)
     with pytest.raises(KeyboardInterrupt):
         tlearn.conversion.export_model(run_copy, format="litert")
-    assert list((run_copy / "export").iterdir()) == []
+    left = [p.name for p in (run_copy / "export").iterdir()]
+    assert [name for name in left if name.startswith(".") or name.startswith("model_")] == []

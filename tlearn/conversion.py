@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,11 +73,11 @@ def export_model(
                 _convert_litert(graph, staged, settings.quantize, calibration)
             else:
                 _convert_onnx(graph, staged, settings.quantize, calibration, run, staging)
-        entry, warnings = verify(staged, settings.format, settings.quantize, run, test,
+        entry, missed = verify(staged, settings.format, settings.quantize, run, test,
                                  read_verification(target.parent))
         entries = record_verification(target.parent, entry)  # first, so a file in place is always verified
         os.replace(staged, target)
-    return ExportResult(target, entry, verification_table(entries), warnings)
+    return ExportResult(target, entry, verification_table(entries), missed)
 
 
 def _require_converter(format: str) -> None:
@@ -150,7 +151,9 @@ def _convert_onnx(graph, path: Path, quantize: str, calibration: np.ndarray | No
         model = onnx.load(str(float32))
     elif quantize == "float16":
         float16 = require("onnxconverter_common.float16", "onnx", "--format onnx --quantize float16")
-        model = float16.convert_float_to_float16(onnx.load(str(float32)), keep_io_types=True)
+        with warnings.catch_warnings():  # one warning per weight too small for float16: that is what float16 is
+            warnings.simplefilter("ignore", UserWarning)
+            model = float16.convert_float_to_float16(onnx.load(str(float32)), keep_io_types=True)
     else:
         model = onnx.load(str(_quantize_onnx(float32, quantize, calibration, work)))
     _add_onnx_metadata(model, run, quantize)
