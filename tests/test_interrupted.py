@@ -53,7 +53,7 @@ def test_a_fit_killed_during_export_leaves_a_folder_the_next_fit_removes(tmp_pat
     models = tmp_path / "models"
     # Killed once the SavedModel is written and before model.keras is: a partial export.
     call = {"function": "fit", "args": [str(data)], "kwargs": {**FIT_SETTINGS, "models_dir": str(models)}}
-    _killed_after("keras:Model.export", call)
+    _killed_after("tlearn.export:write_saved_model", call)
     (left,) = models.glob(".tlearn-staging-*")
     assert (left / "saved_model").is_dir() and not (left / "model.keras").exists()
     assert not (models / "colours").exists()

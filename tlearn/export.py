@@ -40,15 +40,19 @@ def export_classifier(model: keras.Model, class_names: list[str], files: RunFile
 
     archive.add_endpoint(BYTES_SIGNATURE, classify_encoded,
                          input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    write_saved_model(archive, files.saved_model)
+    model.save(files.model)
+    files.labels.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
+
+
+def write_saved_model(archive, folder: Path) -> None:
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # export logs every traced function at INFO/WARNING
     try:
-        archive.write_out(str(files.saved_model), verbose=False)
+        archive.write_out(str(folder), verbose=False)
     finally:
         absl_logger.setLevel(level)
-    model.save(files.model)
-    files.labels.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
 
 
 def decode_in_graph(data: tf.Tensor, image_size: int) -> tf.Tensor:
