@@ -117,7 +117,7 @@ def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict],
         if split_changes is not None:
             _write_changes_csv(staging / "changed_since_fit.csv", *split_changes)
         write_html_report(staging, run.files, run.metadata, evaluated=data_name,  # last: it shows all the above
-                          title=f"{run.data_dir.name}: {data_name}, {run.last_stage.name} model")
+                          title=f"{run.data_dir.name}: evaluated on {data_name} ({run.last_stage.name} model)")
         if report_dir.exists():
             shutil.rmtree(report_dir)
         os.rename(staging, report_dir)

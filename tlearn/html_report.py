@@ -56,7 +56,7 @@ def write_html_report(report_dir: Path, run_files: RunFiles, metadata: RunMetada
     metrics = _read_json(report_dir / "metrics.json") or {}
     class_names = metadata.model.class_names
     sections = [
-        _summary(metrics, metadata, evaluated),
+        _summary(metrics, metadata, evaluated, report_dir),
         _confusion_section(metrics, class_names, report_dir),
         _per_class_section(metrics, class_names),
         _curves_section(metadata.stages, report_dir),
@@ -73,7 +73,7 @@ def write_html_report(report_dir: Path, run_files: RunFiles, metadata: RunMetada
 
 # ---- sections ---------------------------------------------------------------------------
 
-def _summary(metrics: dict, metadata: RunMetadata, evaluated: str | None) -> _Section:
+def _summary(metrics: dict, metadata: RunMetadata, evaluated: str | None, report_dir: Path) -> _Section:
     stage = metadata.stages[-1]
     cards = [
         _card("accuracy", _number(metrics.get("accuracy")), _interval(metrics.get("accuracy_ci95"))),
@@ -86,13 +86,18 @@ def _summary(metrics: dict, metadata: RunMetadata, evaluated: str | None) -> _Se
         "classes": ", ".join(metadata.model.class_names),
         "model": f"{stage.name} (stage {len(metadata.stages)} of {len(metadata.stages)})",
         "evaluated on": "the run's test split" if evaluated in (None, "test") else evaluated,
-        "data folder": metadata.data_dir,
+        "data folder" if evaluated in (None, "test") else "the run's data folder": metadata.data_dir,
         "run created": metadata.created or "unknown",
-        "report written": time.strftime("%Y-%m-%d %H:%M:%S%z"),
+        "report written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),  # as tlearn.json writes "created"
     }
-    body = f'<div class="cards">{"".join(cards)}</div>{_facts_table(facts)}'
+    files = " · ".join(filter(None, (_link_if_exists(report_dir, name, name) for name in _DATA_FILES)))
+    body = (f'<div class="cards">{"".join(cards)}</div>{_facts_table(facts)}'
+            + (f'<p class="note">The numbers as files: {files}</p>' if files else ""))
     return _Section("summary", "Summary", body,
                     "Intervals are 95%: with few test images a model's true accuracy can lie well away from the point value.")
+
+
+_DATA_FILES = ("metrics.json", "classification_report.txt", "history.csv", "predictions.csv", "confidently_wrong.csv")
 
 
 def _confusion_section(metrics: dict, class_names: list[str], report_dir: Path) -> _Section:
@@ -452,7 +457,7 @@ h4 { margin: 10px 0 4px; font-size: 14px; }
 .na { color: var(--muted); font-style: italic; }
 .note { color: var(--muted); font-size: 13px; }
 .ok { color: #1a7f37; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 12px; margin-bottom: 14px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px; margin-bottom: 14px; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; }
 .card .label { color: var(--muted); font-size: 13px; }
 .card .value { font-size: 28px; font-weight: 600; font-variant-numeric: tabular-nums; }
@@ -466,11 +471,12 @@ tbody th, .facts th { text-align: left; overflow-wrap: anywhere; }
 .facts td { text-align: left; overflow-wrap: anywhere; }
 .stages-settings td, .stages-settings thead th { min-width: 130px; }
 .scroll { overflow-x: auto; }
+.stages td, .scores td { white-space: nowrap; }
 .matrix td { min-width: 76px; text-align: center; border: 1px solid #fff; }
 .matrix .count { display: block; font-size: 16px; font-weight: 600; }
 .matrix .share { display: block; font-size: 12px; opacity: .85; }
 .matrix .pred { text-align: center; }
-.matrix tbody th { vertical-align: middle; }
+.matrix tbody th, .matrix td { vertical-align: middle; }
 .matrix td.zero { color: #8c959f; }
 a { color: var(--accent); }
 .matrix .total { color: var(--muted); }
