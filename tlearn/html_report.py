@@ -509,6 +509,7 @@ pre { background: var(--bg); padding: 10px; border-radius: 6px; overflow-x: auto
   nav { display: none; }
   section { border: none; padding: 0; margin: 18px 0; }
   figure, tr, img { break-inside: avoid; }
+  h2, h3, h4, .hint { break-after: avoid; }
   .gallery { grid-template-columns: repeat(4, 1fr); }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
