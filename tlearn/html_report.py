@@ -443,7 +443,8 @@ body { margin: 0; color: var(--fg); background: var(--bg);
   font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Helvetica Neue", Arial, sans-serif; }
 .wrap { max-width: 1120px; margin: 0 auto; padding: 0 24px; }
 header { background: #fff; border-bottom: 1px solid var(--line); position: sticky; top: 0; z-index: 1; }
-header .brand { margin: 12px 0 0; color: var(--muted); font-size: 12px; letter-spacing: .08em; text-transform: uppercase; }
+header .wrap { padding-top: 12px; }
+header .brand { margin: 0; color: var(--muted); font-size: 12px; letter-spacing: .08em; text-transform: uppercase; }
 h1 { margin: 0 0 6px; font-size: 22px; overflow-wrap: anywhere; }
 nav { display: flex; flex-wrap: wrap; gap: 2px 16px; padding-bottom: 10px; font-size: 13px; }
 nav a { color: var(--accent); text-decoration: none; }
@@ -466,7 +467,7 @@ table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: right; vertical-align: top; }
 th { font-weight: 600; }
 thead th { color: var(--muted); font-size: 13px; font-weight: 600; border-bottom: 2px solid var(--line); }
-tbody th, .facts th { text-align: left; overflow-wrap: anywhere; }
+tbody th, .facts th, thead th:first-child { text-align: left; overflow-wrap: anywhere; }
 .facts th { color: var(--muted); font-weight: 500; padding-left: 0; }
 .facts td { text-align: left; overflow-wrap: anywhere; }
 .stages-settings td, .stages-settings thead th { min-width: 130px; }
