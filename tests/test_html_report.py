@@ -132,6 +132,7 @@ def test_report_shows_the_parts_other_steps_write(run_copy, tmp_path):
                    calibration={"temperature": 1.734, "bins": 15, "ece": 0.0213, "ece_uncalibrated": 0.0871})
     (report / "metrics.json").write_text(json.dumps(metrics))
     shutil.copy(report / "curves.png", report / "reliability.png")
+    shutil.copy(report / "curves.png", report / "augmentation.png")  # what fit --preview-augment writes
     (report / "errors").mkdir()
     for name in ("01-thumb.jpg", "01-gradcam.jpg"):
         solid_image((90, 90, 90), 32).save(report / "errors" / name)
@@ -153,7 +154,7 @@ def test_report_shows_the_parts_other_steps_write(run_copy, tmp_path):
     assert "95% CI 0.81–0.97" in page.sections["summary"] and "95% CI 0.70–0.95" in page.sections["summary"]
     calibration = page.sections["calibration"]
     assert "1.734" in calibration and "0.087" in calibration and "0.021" in calibration
-    assert "reliability.png" in page.urls
+    assert "reliability.png" in page.urls and "augmentation.png" in page.urls
     assert "errors/01-thumb.jpg" in page.urls and "errors/01-gradcam.jpg" in page.urls
     assert "<script>alert(1)</script>.jpg" in page.sections["errors"] and page.scripts == 0
     assert "0.930" in page.sections["errors"]

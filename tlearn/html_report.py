@@ -163,7 +163,9 @@ def _curves_section(stages: list[StageRecord], report_dir: Path) -> _Section:
     table = ('<table class="stages"><thead><tr><th>stage</th><th>epochs run</th><th>kept epoch</th>'
              '<th>validation loss</th><th>validation accuracy</th><th>test accuracy</th><th>test macro-F1</th>'
              f'<th>time</th></tr></thead><tbody>{rows}</tbody></table>')
-    body = (picture or _na("no curves.png in this report")) + f'<div class="scroll">{table}</div>'
+    augmented = _image_if_exists(report_dir, "augmentation.png", "training images beside augmented views of them")
+    body = ((picture or _na("no curves.png in this report")) + f'<div class="scroll">{table}</div>'
+            + (f"<details><summary>Augmented views (--preview-augment)</summary>{augmented}</details>" if augmented else ""))
     return _Section("curves", "Training curves", body,
                     "Validation loss rising while training loss falls is overfitting: the star marks the epoch "
                     "each stage kept. Curves still falling at the end: more epochs may help.")
