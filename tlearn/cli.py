@@ -261,7 +261,9 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
         click.echo("Most confidently wrong:")
         for row in result.confidently_wrong:
             click.echo(f"  {row['probability']:.3f}  {row['true']} -> {row['predicted']}  {row['path']}")
-    click.echo(f"Report: {result.report_dir}")
+    from .html_report import INDEX
+
+    click.echo(f"Report: {result.report_dir / INDEX}")
 
 
 def _print_run_summary(result) -> None:
@@ -276,6 +278,11 @@ def _print_run_summary(result) -> None:
     )
     click.echo(f"Run: {result.run_dir}" if result.run_dir is not None else "Run: written by the chief worker")
     click.echo(f"Test accuracy: {result.test_accuracy:.4f}")
+    if result.run_dir is not None:
+        from .html_report import INDEX
+        from .run import RunFiles
+
+        click.echo(f"Report: {RunFiles(result.run_dir).report / INDEX}")
 
 
 @main.command()

@@ -14,6 +14,7 @@ import numpy as np
 from .atomic import staging_folder
 from .data.dataset import ImageRecord, SkippedFile, scan_folder
 from .errors import TlearnError
+from .html_report import write_html_report
 from .model import cut_layer_name, feature_extractor, trainable_top
 from .report import classification_metrics, format_classification_table, write_evaluation
 from .run import Run
@@ -115,6 +116,8 @@ def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict],
         _write_wrong_csv(staging / "confidently_wrong.csv", wrong)
         if split_changes is not None:
             _write_changes_csv(staging / "changed_since_fit.csv", *split_changes)
+        write_html_report(staging, run.files, run.metadata, evaluated=data_name,  # last: it shows all the above
+                          title=f"{run.data_dir.name}: evaluated on {data_name} ({run.last_stage.name} model)")
         if report_dir.exists():
             shutil.rmtree(report_dir)
         os.rename(staging, report_dir)

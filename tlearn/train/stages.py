@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -28,6 +28,7 @@ from ..data.split import SUBSETS, classes_missing_from_subsets, split_records, w
 from ..distribute import Distribution, make_distribution
 from ..errors import TlearnError
 from ..export import export_classifier
+from ..html_report import write_html_report
 from ..model import cut_layer_name, feature_extractor, set_trainable_top, trainable_top, weights_identity
 from ..precision import apply_precision_policy
 from ..report import classification_metrics, write_evaluation, write_history
@@ -164,6 +165,8 @@ def finetune(
     stage = _stage_record(name, settings, cut, outcome, started, policy, distribution)
     with RunWriter(run.path, publish=distribution.is_chief) as writer:
         _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome.metrics, run.class_names)
+        staged = replace(run.metadata, stages=[*run.metadata.stages, stage])
+        write_html_report(writer.files.report, run.files, staged, title=_report_title(staged))  # last: it shows all the above
         published = writer.publish_stage(run, stage, _as_json(skipped))
     return RunResult(published, name, outcome.metrics["accuracy"], outcome.metrics, outcome.sizes, skipped,
                      stage.wall_seconds, changed=split.changed, damaged_cache_entries=outcome.damaged_cache_entries)
@@ -190,6 +193,7 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
             _write_augmentation_preview(outcome.subsets["train"], spec.class_names, augmenter, spec.image_size,
                                         writer.files.report / "augmentation.png")
         write_json_atomically(writer.files.metadata, metadata.to_json())
+        write_html_report(writer.files.report, writer.files, metadata, title=_report_title(metadata))  # last: it shows all the above
         return writer.publish_new(out, models_dir, scanned.root.resolve().name)
 
 
@@ -282,6 +286,10 @@ def _write_stage(files: RunFiles, model, stages: list[StageRecord], metrics: dic
     export_classifier(model, class_names, files)
     write_evaluation(metrics, class_names, files.report, f"test split, after {stages[-1].name}")
     write_history(stages, files.report)
+
+
+def _report_title(metadata: RunMetadata) -> str:
+    return f"{Path(metadata.data_dir).name}: test split after {metadata.stages[-1].name}"
 
 
 def _write_augmentation_preview(train, class_names, augmenter, image_size, path: Path) -> None:
