@@ -19,7 +19,7 @@ COMMANDS = [
     ("finetune", tlearn.finetune, FinetuneSettings),
     ("evaluate", tlearn.evaluate, EvaluateSettings),
     ("predict", tlearn.predict, PredictSettings),
-    ("check", tlearn.check_folder, CheckSettings),
+    ("check", tlearn.check, CheckSettings),
 ]
 
 

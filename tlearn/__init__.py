@@ -25,6 +25,7 @@ _LAZY = {
     "FitSettings": "settings", "FinetuneSettings": "settings", "EvaluateSettings": "settings",
     "PredictSettings": "settings", "CheckSettings": "settings",
     "check_folder": "data.check", "DataCheck": "data.check",
+    "check": "label_issues", "find_suspected_label_errors": "label_issues",
 }
 __all__ = ["TlearnError", "__version__", *_LAZY]
 

@@ -19,7 +19,8 @@ import click
 
 from .errors import TlearnError
 from .settings import (
-    DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, FinetuneSettings, FitSettings, PredictSettings,
+    DEFAULT_CHECK_CSV, DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, FinetuneSettings, FitSettings,
+    PredictSettings,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -203,6 +204,7 @@ def fit(data_dir, out, models_dir, cache_dir, progress, **options):
                    **_settings_of(FitSettings, options))
     _print_result_warnings(result)
     _print_run_summary(result)
+    _print_label_issues_line(result)
 
 
 @main.command()
@@ -289,8 +291,11 @@ def _print_run_summary(result) -> None:
 @click.argument("data_dir", type=click.Path(path_type=str))
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @settings_options(CheckSettings)
+@click.option("--out", type=click.Path(dir_okay=False), default=DEFAULT_CHECK_CSV, show_default=True,
+              help="With --labels: the CSV of suspected label errors to write (replaced if it exists).")
 @_cache_dir_option
-def check(data_dir, output_format, cache_dir, **options):
+@_progress_flag
+def check(data_dir, output_format, out, cache_dir, progress, **options):
     """Report what in DATA_DIR needs attention before training, without changing anything.
 
     Images per class and imbalance; files that cannot be decoded and why; content that does
@@ -299,18 +304,74 @@ def check(data_dir, output_format, cache_dir, **options):
     when something is listed, 2 for a bad folder or option. A repeated check reuses cached
     file facts and is near-instant.
 
+    With --labels, also the images that look mislabelled (needs the weights fit would use;
+    embeds every image once, into the activation cache fit reuses), listed most suspect
+    first and written to --out.
+
     \b
     Example:
       tlearn check ./weather --format json > weather-check.json
+      tlearn check ./weather --labels --weights vgg16.weights.h5 --preprocess torch
     """
-    from .data.check import check_folder, format_check
+    settings = _settings_of(CheckSettings, options)
+    if settings["labels"]:
+        load_tensorflow_quietly()
+    from .data.check import format_check
+    from .label_issues import check as check_data
 
-    result = _call(check_folder, data_dir, cache_dir=cache_dir, **_settings_of(CheckSettings, options))
+    report = _call(check_data, data_dir, out=out, cache_dir=cache_dir, progress=progress, **settings)
     if output_format == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        found = report.data.to_dict()
+        if report.label_issues is not None:
+            found["label_issues"] = _label_issues_dict(report)
+        click.echo(json.dumps(found, indent=2))
     else:
-        click.echo(format_check(result), nl=False)
-    sys.exit(1 if result.needs_attention else 0)
+        click.echo(format_check(report.data), nl=False)
+        if report.label_issues is not None:
+            _print_skipped(report.skipped)
+            _print_label_issues(report)
+    sys.exit(1 if report.needs_attention else 0)
+
+
+_LABEL_ISSUES_SHOWN = 20  # check --labels lists this many suspects; the CSV has them all
+
+
+def _print_label_issues(report) -> None:
+    issues = report.label_issues
+    if issues.reason:
+        click.echo(f"Suspected label errors: not searched: {issues.reason}")
+        return
+    if not issues.issues:
+        click.echo(f"Suspected label errors: none among {issues.images} images ({issues.folds}-fold cross-validation)")
+        return
+    click.echo(f"Suspected label errors ({len(issues.issues)} of {issues.images} images, {issues.folds}-fold "
+               "cross-validation; score: lower = more suspect):")
+    for row in issues.rows()[:_LABEL_ISSUES_SHOWN]:
+        click.echo(f"  {row['score']}  {row['given']} -> {row['suggested']}  {row['path']}")
+    if len(issues.issues) > _LABEL_ISSUES_SHOWN:
+        click.echo(f"  ... and {len(issues.issues) - _LABEL_ISSUES_SHOWN} more")
+    click.echo(f"Written to {report.label_issues_csv}")
+
+
+def _label_issues_dict(report) -> dict:
+    issues = report.label_issues
+    return {"images": issues.images, "folds": issues.folds, "reason": issues.reason,
+            "csv": str(report.label_issues_csv), "suspects": issues.rows()}
+
+
+def _print_label_issues_line(result) -> None:
+    """fit's one line on suspected label errors, when there are any (or why none were searched)."""
+    issues = result.label_issues
+    if issues is None:
+        return
+    if issues.reason:
+        click.echo(f"Warning: label errors not searched: {issues.reason}", err=True)
+    elif issues.issues and result.run_dir is not None:
+        from .run import RunFiles
+
+        count = len(issues.issues)
+        click.echo(f"{count} image{'s' if count != 1 else ''} look{'s' if count == 1 else ''} mislabelled: "
+                   f"see {RunFiles(result.run_dir).label_issues}")
 
 
 @main.command()

@@ -28,7 +28,6 @@ from .metadata import RunMetadata, StageRecord
 from .run import RunFiles
 
 INDEX = "index.html"
-LABEL_ISSUES = "label_issues.csv"  # in the run root (RunFiles.label_issues once the labels work lands)
 THUMBS = "thumbs"  # report/thumbs/: the label-issue thumbnails this page shows
 MAX_LABEL_ISSUES = 24  # the most suspect; the CSV has them all
 THUMB_PIXELS = 192  # longest side of a thumbnail: sharp at the 96-px display size on high-DPI screens
@@ -62,7 +61,7 @@ def write_html_report(report_dir: Path, run_files: RunFiles, metadata: RunMetada
         _curves_section(metadata.stages, report_dir),
         _calibration_section(metrics, report_dir),
         _errors_section(report_dir, Path(metadata.data_dir)),
-        _label_issues_section(run_files.root / LABEL_ISSUES, Path(metadata.data_dir), report_dir),
+        _label_issues_section(run_files.label_issues, Path(metadata.data_dir), report_dir),
         _data_check_section(run_files, metadata),
         _settings_section(metadata),
     ]
@@ -239,7 +238,7 @@ def _label_issues_section(csv_path: Path, data_dir: Path, report_dir: Path) -> _
     shown = rows[:MAX_LABEL_ISSUES]
     figures = "".join(_label_figure(number, row, data_dir, report_dir) for number, row in enumerate(shown, 1))
     count = (f'<p class="note">{len(rows)} images flagged; the {len(shown)} most suspect are shown. '
-             f'All of them: {LABEL_ISSUES} in the run folder.</p>')
+             f'All of them: {csv_path.name} in the run folder.</p>')
     return _Section("labels", title, f'{count}<div class="gallery labels">{figures}</div>',
                     "Images of the data whose label disagrees with what the other images say, most suspect first "
                     "(lower score = more suspect). Look at each: move a wrong one to its right class folder, "

@@ -41,6 +41,7 @@ class RunFiles:
     report = property(lambda self: self.root / "report")
     data_check_json = property(lambda self: self.root / "data_check.json")
     data_check_text = property(lambda self: self.root / "data_check.txt")
+    label_issues = property(lambda self: self.root / "label_issues.csv")  # fit's; finetune keeps it
 
     def stage(self, name: str) -> Path:
         """Where an earlier stage's artifacts go once a later stage replaces them."""

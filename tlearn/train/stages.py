@@ -29,6 +29,7 @@ from ..distribute import Distribution, make_distribution
 from ..errors import TlearnError
 from ..export import export_classifier
 from ..html_report import write_html_report
+from ..label_issues import LabelIssues, suspected_label_errors, write_label_issues_csv
 from ..model import cut_layer_name, feature_extractor, set_trainable_top, trainable_top, weights_identity
 from ..precision import apply_precision_policy
 from ..report import classification_metrics, write_evaluation, write_history
@@ -60,6 +61,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)  # fit: one line each (classes with few images, ...)
     changed: list[Path] = field(default_factory=list)  # finetune: split images changed since fit, used as they are now
     damaged_cache_entries: list[Path] = field(default_factory=list)  # found damaged, dropped and recomputed
+    label_issues: LabelIssues | None = None  # fit: suspected label errors, in run_dir/label_issues.csv
 
 
 @dataclass
@@ -119,12 +121,16 @@ def fit(
     caches = _fit_caches(model, spec, settings, policy, cache_dir)
     augmenter = build_augmenter(settings.augment, settings.seed) if settings.views > 1 or settings.preview_augment else None
     outcome = _train_stage(model, caches, subsets, spec.class_names, distribution, settings, augmenter, settings.seed, progress)
+    # From the activations just cached, read back, not recomputed: seconds, beside minutes of embedding.
+    split_images = [record for name in SUBSETS for record in outcome.subsets[name]]
+    label_issues = suspected_label_errors(split_images, next(iter(caches.values())), spec.class_names,
+                                          seed=settings.seed, gather=distribution.gather)
     stage = _stage_record("fit", settings, next(iter(caches)), outcome, started, policy, distribution)
-    run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter,
+    run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter, label_issues,
                            publish=distribution.is_chief)
     return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics, outcome.sizes,
                      scanned.skipped + outcome.skipped, stage.wall_seconds, scanned.check.summary(), warnings,
-                     damaged_cache_entries=outcome.damaged_cache_entries)
+                     damaged_cache_entries=outcome.damaged_cache_entries, label_issues=label_issues)
 
 
 def finetune(
@@ -173,7 +179,8 @@ def finetune(
 
 
 def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, settings: FitSettings, model,
-                 outcome: _StageOutcome, stage: StageRecord, augmenter, *, publish: bool) -> Path | None:
+                 outcome: _StageOutcome, stage: StageRecord, augmenter, label_issues: LabelIssues, *,
+                 publish: bool) -> Path | None:
     """Write the new run in a staging folder and rename it into place; returns where it went."""
     skipped = scanned.skipped + outcome.skipped
     layout = scanned.check.layout
@@ -189,6 +196,7 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
         write_split_csv(writer.files.split, scanned.root, outcome.subsets, skipped)
         write_json_atomically(writer.files.data_check_json, scanned.check.to_dict())
         write_text_atomically(writer.files.data_check_text, format_check(scanned.check))
+        write_label_issues_csv(writer.files.label_issues, label_issues)
         if settings.preview_augment and augmenter is not None:
             _write_augmentation_preview(outcome.subsets["train"], spec.class_names, augmenter, spec.image_size,
                                         writer.files.report / "augmentation.png")
