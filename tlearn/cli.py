@@ -19,8 +19,8 @@ import click
 
 from .errors import TlearnError
 from .settings import (
-    DEFAULT_CHECK_CSV, DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, FinetuneSettings, FitSettings,
-    PredictSettings,
+    DEFAULT_CHECK_CSV, DEFAULT_EXPLANATIONS_DIR, DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, ExplainSettings,
+    FinetuneSettings, FitSettings, PredictSettings,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -79,6 +79,7 @@ def main():
     tlearn finetune --unfreeze 4         train the top of VGG16 too
     tlearn evaluate                      test-split report of the newest run
     tlearn predict photo.jpg             classify with the newest run
+    tlearn explain photo.jpg             where in the photo the evidence lies
     """
 
 
@@ -410,6 +411,50 @@ def predict(images, model, models_dir, output_format, progress, **options):
             any_failed = any_failed or result.error is not None
         _write_above(bar, rows.footer())
     if any_failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model", type=click.Path(file_okay=False), help="Run directory. [default: the newest run in MODELS_DIR]")
+@_models_dir_option
+@click.option("--out", default=DEFAULT_EXPLANATIONS_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Folder the figures are written to (created if needed).")
+@settings_options(ExplainSettings)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr when it is a terminal.")
+def explain(images, model, models_dir, out, progress, **options):
+    """Show where in each of IMAGES the evidence for its predicted class lies (Grad-CAM).
+
+    IMAGES are files, folders searched recursively, or globs. Writes OUT/<image>-gradcam.jpg
+    per image: the image beside a heatmap of the evidence (red = most), from VGG16's last
+    convolution, titled with the predicted class and its probability. Exit code 1 if any
+    image could not be read (a warning says why), 2 for a bad option, run or path.
+
+    \b
+    Example:
+      tlearn explain photos/ --model models/weather --out photos-explained
+    """
+    settings = _settings_of(ExplainSettings, options)
+    load_tensorflow_quietly()
+    from tqdm.auto import tqdm
+
+    from .explanation import iter_explanations
+
+    run = _open_run(model, models_dir)
+    stream = _call(iter_explanations, list(images), model=run, out=out, **settings)
+    written = failed = 0
+    with tqdm(total=len(stream), desc="explaining", unit="img", disable=None if progress else True, leave=False) as bar:
+        for result in stream:
+            if result.error is None:
+                written += 1
+                _write_above(bar, f"{result.path}  {result.label} {result.probability:.3f}  -> {result.figure}\n")
+            else:
+                failed += 1
+                with bar.external_write_mode(file=sys.stderr):
+                    click.echo(f"Warning: skipped {result.path}: {result.error}", err=True)
+            bar.update(1)
+    click.echo(f"{written} explanation{'s' if written != 1 else ''} in {stream.out}")
+    if failed:
         sys.exit(1)
 
 

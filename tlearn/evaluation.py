@@ -14,6 +14,7 @@ import numpy as np
 from .atomic import staging_folder
 from .data.dataset import ImageRecord, SkippedFile, scan_folder
 from .errors import TlearnError
+from .explanation import write_error_gallery
 from .html_report import write_html_report
 from .model import cut_layer_name, feature_extractor, trainable_top
 from .report import classification_metrics, format_classification_table, write_evaluation
@@ -74,8 +75,8 @@ def evaluate(
     labels = np.array([run.class_names.index(record.label) for record in records])
     probabilities = predict_cached(trainable_top(model, cut), cache, records, settings.batch_size)
     metrics = classification_metrics(labels, probabilities, run.class_names)
-    wrong = _confidently_wrong(records, labels, probabilities, run.class_names)
-    report_dir = _write_report(run, data_name, metrics, wrong, None if data else (changed, skipped))
+    wrong = confidently_wrong(records, labels, probabilities, run.class_names)
+    report_dir = _write_report(run, model, data_name, metrics, wrong, None if data else (changed, skipped))
     table = format_classification_table(metrics, run.class_names)
     return Evaluation(run.path, data_name, report_dir, metrics, table, wrong[: settings.show_wrong], ignored, skipped,
                       changed, cache.damaged)
@@ -105,7 +106,7 @@ def _records_to_evaluate(
     return records, scanned.root.resolve().name, ignored, list(scanned.skipped), []
 
 
-def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict],
+def _write_report(run: Run, model: keras.Model, data_name: str, metrics: dict, wrong: list[dict],
                   split_changes: tuple[list[Path], list[SkippedFile]] | None) -> Path:
     """The report folder, written beside and renamed into place, replacing an earlier one.
 
@@ -114,6 +115,7 @@ def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict],
     with staging_folder(run.files.report) as staging:
         write_evaluation(metrics, run.class_names, staging, f"{data_name}, {run.last_stage.name} model")
         _write_wrong_csv(staging / "confidently_wrong.csv", wrong)
+        write_error_gallery(model, wrong, staging)
         if split_changes is not None:
             _write_changes_csv(staging / "changed_since_fit.csv", *split_changes)
         write_html_report(staging, run.files, run.metadata, evaluated=data_name,  # last: it shows all the above
@@ -124,7 +126,8 @@ def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict],
     return report_dir
 
 
-def _confidently_wrong(records: list[ImageRecord], labels, probabilities, class_names) -> list[dict]:
+def confidently_wrong(records: list[ImageRecord], labels, probabilities, class_names) -> list[dict]:
+    """Rows (path, true, predicted, probability) of the wrongly classified records, most confident first."""
     predicted = probabilities.argmax(axis=1)
     wrong = [i for i in np.argsort(-probabilities.max(axis=1)) if predicted[i] != labels[i]]
     return [

@@ -184,6 +184,12 @@ class Run:
 
         return predict(images, model=self, **settings)
 
+    def explain(self, images, **settings):
+        """`tlearn.explain` with this run's model; see there for the settings."""
+        from .explanation import explain
+
+        return explain(images, model=self, **settings)
+
 
 def load_model(run: str | Path | Run | None = None, models_dir: str | Path = DEFAULT_MODELS_DIR) -> keras.Model:
     """A run's Keras model, loaded in safe mode (default: the newest run in `models_dir`).

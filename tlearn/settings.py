@@ -23,6 +23,10 @@ WORKER_TIMEOUT_ENV = "TLEARN_WORKER_TIMEOUT"
 DEFAULT_MODELS_DIR = "models"
 # check --labels writes its CSV here, in the current folder: never into the data folder it checks.
 DEFAULT_CHECK_CSV = "label_issues.csv"
+# Beside where the command runs, like models/: a run directory holds what fit and finetune
+# wrote (a later stage would leave explanations of an earlier model in it), and may be shared
+# or read-only.
+DEFAULT_EXPLANATIONS_DIR = "explanations"
 AUGMENT_STRENGTHS = ("none", "light", "medium", "strong")
 PREPROCESS_MODES = ("caffe", "torch")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
@@ -218,6 +222,21 @@ class PredictSettings:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "top_k", "batch_size")
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """Settings of `tlearn explain`."""
+
+    # Small: each image keeps its block5_conv3 activations and their gradients for the pass.
+    batch_size: int = setting(8, "Images per batch through the network.")
+    # Enough colour to read the heatmap, enough image to see what it lies on.
+    alpha: float = setting(0.4, "Opacity of the heatmap over the image, 0 to 1.")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size")
+        if not 0 <= self.alpha <= 1:
+            raise TlearnError(f"--alpha must be between 0 and 1, got {self.alpha}")
 
 
 def settings_from(settings_class, arguments: dict[str, Any]):

@@ -27,6 +27,8 @@ from ..data.images import UnreadableImage, load_rgb
 from ..data.split import SUBSETS, classes_missing_from_subsets, split_records, write_split_csv
 from ..distribute import Distribution, make_distribution
 from ..errors import TlearnError
+from ..evaluation import confidently_wrong
+from ..explanation import write_error_gallery
 from ..export import export_classifier
 from ..html_report import write_html_report
 from ..label_issues import LabelIssues, suspected_label_errors, write_label_issues_csv
@@ -72,6 +74,7 @@ class _StageOutcome:
     subsets: dict[str, list[ImageRecord]]
     skipped: list[SkippedFile]
     damaged_cache_entries: list[Path]
+    test_probabilities: np.ndarray  # one row per subsets["test"] record: the error gallery's source
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -170,7 +173,7 @@ def finetune(
     name = "finetune" if "finetune" not in names else f"finetune-{len(names)}"
     stage = _stage_record(name, settings, cut, outcome, started, policy, distribution)
     with RunWriter(run.path, publish=distribution.is_chief) as writer:
-        _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome.metrics, run.class_names)
+        _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome, run.class_names)
         staged = replace(run.metadata, stages=[*run.metadata.stages, stage])
         write_html_report(writer.files.report, run.files, staged, title=_report_title(staged))  # last: it shows all the above
         published = writer.publish_stage(run, stage, _as_json(skipped))
@@ -192,7 +195,7 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
         _versions(), __version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     with RunWriter(Path(out).parent if out is not None else models_dir, publish=publish) as writer:
-        _write_stage(writer.files, model, metadata.stages, outcome.metrics, spec.class_names)
+        _write_stage(writer.files, model, metadata.stages, outcome, spec.class_names)
         write_split_csv(writer.files.split, scanned.root, outcome.subsets, skipped)
         write_json_atomically(writer.files.data_check_json, scanned.check.to_dict())
         write_text_atomically(writer.files.data_check_text, format_check(scanned.check))
@@ -253,7 +256,7 @@ def _train_stage(
     metrics = classification_metrics(labels["test"], probabilities, class_names)
     damaged = [path for each in caches.values() for path in each.damaged]
     return _StageOutcome(history, best_epoch, metrics, subsets, sorted(skipped, key=lambda item: str(item.path)),
-                         damaged)
+                         damaged, probabilities)
 
 
 def _embed_split(extractor, caches, subsets, settings: TrainingSettings, augmenter, progress: bool,
@@ -289,11 +292,16 @@ def _stage_record(name: str, settings: TrainingSettings, cut: str, outcome: _Sta
     )
 
 
-def _write_stage(files: RunFiles, model, stages: list[StageRecord], metrics: dict, class_names: list[str]) -> None:
-    """What every stage writes: the export, its test report and the curves of all stages so far."""
+def _write_stage(files: RunFiles, model, stages: list[StageRecord], outcome: _StageOutcome,
+                 class_names: list[str]) -> None:
+    """What every stage writes: the export, its test report (with the gallery of its worst
+    errors) and the curves of all stages so far."""
     export_classifier(model, class_names, files)
-    write_evaluation(metrics, class_names, files.report, f"test split, after {stages[-1].name}")
+    write_evaluation(outcome.metrics, class_names, files.report, f"test split, after {stages[-1].name}")
     write_history(stages, files.report)
+    test = outcome.subsets["test"]
+    labels = np.array([class_names.index(record.label) for record in test])
+    write_error_gallery(model, confidently_wrong(test, labels, outcome.test_probabilities, class_names), files.report)
 
 
 def _report_title(metadata: RunMetadata) -> str:
