@@ -21,6 +21,7 @@ import tensorflow as tf
 from .. import __version__
 from ..atomic import write_json_atomically, write_text_atomically
 from ..augment import build_augmenter, write_augmentation_preview
+from ..calibration import ScoredImages, fit_temperature
 from ..data.check import format_check
 from ..data.dataset import ImageRecord, ScannedFolder, SkippedFile, check_for_training, scan_folder
 from ..data.images import UnreadableImage, load_rgb
@@ -28,9 +29,11 @@ from ..data.split import SUBSETS, classes_missing_from_subsets, split_records, w
 from ..distribute import Distribution, make_distribution
 from ..errors import TlearnError
 from ..export import export_classifier
-from ..model import cut_layer_name, feature_extractor, set_trainable_top, trainable_top, weights_identity
+from ..model import (
+    cut_layer_name, feature_extractor, set_temperature, set_trainable_top, trainable_top, weights_identity,
+)
 from ..precision import apply_precision_policy
-from ..report import classification_metrics, write_evaluation, write_history
+from ..report import classification_metrics, write_calibration_report, write_evaluation, write_history
 from ..metadata import ModelSpec, RunMetadata, SplitRecord, StageRecord
 from ..run import Run, RunFiles, RunWriter, check_out_is_free
 from ..settings import DEFAULT_MODELS_DIR, FinetuneSettings, FitSettings, TrainingSettings, settings_from
@@ -69,6 +72,7 @@ class _StageOutcome:
     subsets: dict[str, list[ImageRecord]]
     skipped: list[SkippedFile]
     damaged_cache_entries: list[Path]
+    scored: ScoredImages  # the test split's logits and the fitted temperature
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -163,7 +167,8 @@ def finetune(
     name = "finetune" if "finetune" not in names else f"finetune-{len(names)}"
     stage = _stage_record(name, settings, cut, outcome, started, policy, distribution)
     with RunWriter(run.path, publish=distribution.is_chief) as writer:
-        _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome.metrics, run.class_names)
+        _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome.metrics, run.class_names,
+                     outcome.scored)
         published = writer.publish_stage(run, stage, _as_json(skipped))
     return RunResult(published, name, outcome.metrics["accuracy"], outcome.metrics, outcome.sizes, skipped,
                      stage.wall_seconds, changed=split.changed, damaged_cache_entries=outcome.damaged_cache_entries)
@@ -182,7 +187,7 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
         _versions(), __version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     with RunWriter(Path(out).parent if out is not None else models_dir, publish=publish) as writer:
-        _write_stage(writer.files, model, metadata.stages, outcome.metrics, spec.class_names)
+        _write_stage(writer.files, model, metadata.stages, outcome.metrics, spec.class_names, outcome.scored)
         write_split_csv(writer.files.split, scanned.root, outcome.subsets, skipped)
         write_json_atomically(writer.files.data_check_json, scanned.check.to_dict())
         write_text_atomically(writer.files.data_check_text, format_check(scanned.check))
@@ -234,14 +239,28 @@ def _train_stage(
                 top, distribution.prepare_batches(train), distribution.prepare_batches(validation),
                 epochs=settings.epochs, patience=settings.patience, lr=settings.lr, progress=progress,
             )
-        test = subsets["test"]
-        probabilities = distribution.map_shards(
-            len(test), lambda owned: predict_cached(top, cache, [test[i] for i in owned], settings.batch_size)
-        )
-    metrics = classification_metrics(labels["test"], probabilities, class_names)
+        scored = _calibrate(model, top, cache, subsets, labels, settings.batch_size, distribution)
+    metrics = classification_metrics(labels["test"], scored.probabilities, class_names)
+    metrics["calibration"] = scored.calibration()
     damaged = [path for each in caches.values() for path in each.damaged]
     return _StageOutcome(history, best_epoch, metrics, subsets, sorted(skipped, key=lambda item: str(item.path)),
-                         damaged)
+                         damaged, scored)
+
+
+def _calibrate(model: keras.Model, top: keras.Model, cache: ActivationCache, subsets: dict[str, list[ImageRecord]],
+               labels: dict[str, np.ndarray], batch_size: int, distribution: Distribution) -> ScoredImages:
+    """Fit the temperature on the validation split's logits and build it into `model`; returns
+    the test split's logits with it. Call it in the strategy's scope."""
+
+    def logits_of(records: list[ImageRecord]) -> np.ndarray:
+        return distribution.map_shards(
+            len(records), lambda owned: predict_cached(top, cache, [records[i] for i in owned], batch_size)
+        )
+
+    temperature = fit_temperature(logits_of(subsets["validation"]), labels["validation"])
+    set_temperature(model, temperature)
+    test = subsets["test"]
+    return ScoredImages([str(record.path) for record in test], labels["test"], logits_of(test), temperature)
 
 
 def _embed_split(extractor, caches, subsets, settings: TrainingSettings, augmenter, progress: bool,
@@ -277,10 +296,13 @@ def _stage_record(name: str, settings: TrainingSettings, cut: str, outcome: _Sta
     )
 
 
-def _write_stage(files: RunFiles, model, stages: list[StageRecord], metrics: dict, class_names: list[str]) -> None:
+def _write_stage(files: RunFiles, model, stages: list[StageRecord], metrics: dict, class_names: list[str],
+                 scored: ScoredImages) -> None:
     """What every stage writes: the export, its test report and the curves of all stages so far."""
     export_classifier(model, class_names, files)
-    write_evaluation(metrics, class_names, files.report, f"test split, after {stages[-1].name}")
+    title = f"test split, after {stages[-1].name}"
+    write_evaluation(metrics, class_names, files.report, title)
+    write_calibration_report(scored, class_names, files.report, title)
     write_history(stages, files.report)
 
 
