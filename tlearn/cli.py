@@ -241,8 +241,8 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     """Accuracy, per-class table and the most confidently wrong images of a run.
 
     RUN_DIR defaults to the newest run in MODELS_DIR. The full report (metrics.json,
-    classification_report.txt, confusion_matrix.png, confidently_wrong.csv) goes to
-    RUN_DIR/report/evaluate-<test or data folder name>/.
+    classification_report.txt, confusion_matrix.png, reliability.png, predictions.csv,
+    confidently_wrong.csv) goes to RUN_DIR/report/evaluate-<test or data folder name>/.
 
     \b
     Example:
