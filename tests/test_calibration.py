@@ -2,7 +2,6 @@
 
 import csv
 import json
-import shutil
 import warnings
 
 import keras
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FAST_FIT, make_class_folders, run_cli
+from conftest import CLASS_COLOURS, FAST_FIT, make_class_folders, run_cli, solid_image
 from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
 from tlearn.data.images import load_rgb
 from tlearn.model import PROBABILITIES, load_classifier, temperature_of
@@ -58,6 +57,13 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_logits_overconfi
     assert expected_calibration_error(softmax(overconfident), labels) > 0.1
 
 
+def test_a_validation_split_without_errors_leaves_the_temperature_at_one():
+    # Every argmax right: the likelihood grows without limit as T -> 0, so there is no fit.
+    logits = np.array([[4.0, 0.0, 0.0], [0.0, 3.0, 1.0], [0.5, 0.0, 2.0]])
+    assert fit_temperature(logits, np.array([0, 1, 2])) == 1.0
+    assert fit_temperature(logits, np.array([0, 1, 0])) != 1.0  # one wrong: a finite optimum
+
+
 def test_expected_calibration_error_of_a_known_case():
     # 10 images at confidence 0.9 of which 6 are right: |0.6 - 0.9| = 0.3.
     probabilities = np.tile([0.9, 0.1], (10, 1))
@@ -65,17 +71,31 @@ def test_expected_calibration_error_of_a_known_case():
     assert expected_calibration_error(probabilities, labels) == pytest.approx(0.3)
 
 
-def test_saved_model_model_keras_and_predict_serve_the_calibrated_probabilities(fitted_run, dataset_dir):
+@pytest.fixture(scope="module")
+def ambiguous_run(tmp_path_factory):
+    """A fitted run whose `rain` looks like `cloudy`: its validation split has errors, so a
+    temperature other than 1 is fitted. Returns (run, dataset, fit's output)."""
+    data = make_class_folders(tmp_path_factory.mktemp("ambiguous") / "colours", per_class=10)
+    for number, path in enumerate(sorted((data / "rain").glob("*.jpg"))):
+        solid_image(CLASS_COLOURS["cloudy"], seed=5000 + number).save(path, quality=95)
+    run = tmp_path_factory.mktemp("runs") / "run"
+    result = run_cli("fit", data, "--out", run, *FAST_FIT, "--epochs", "3", "--val-split", "0.3", "--test-split", "0.3")
+    assert result.exit_code == 0, result.output
+    return run, data, result.output
+
+
+def test_saved_model_model_keras_and_predict_serve_the_calibrated_probabilities(ambiguous_run):
+    fitted_run, dataset_dir, _ = ambiguous_run
     metrics = json.loads((fitted_run / "report" / "metrics.json").read_text())
     temperature = metrics["calibration"]["temperature"]
     assert temperature != pytest.approx(1.0, abs=1e-3)
     assert set(metrics["calibration"]) == {"temperature", "bins", "ece", "ece_uncalibrated"}
-    paths = sorted((dataset_dir / "sunrise").glob("sunrise1*.jpg"))
+    paths = sorted((dataset_dir / "sunrise").glob("*.jpg"))[:6]
     pixels = np.stack([load_rgb(p, 32) for p in paths]).astype("float32")
 
     reloaded = load_classifier(fitted_run / "model.keras")
     assert temperature_of(reloaded) == pytest.approx(temperature)
-    logits = keras.Model(reloaded.inputs, reloaded.get_layer("logits").output)(pixels)
+    logits = keras.Model(reloaded.input, reloaded.get_layer("logits").output)(pixels)
     expected = softmax(keras.ops.convert_to_numpy(logits), temperature)
     np.testing.assert_allclose(reloaded(pixels), expected, rtol=1e-4, atol=1e-6)
     serve = tf.saved_model.load(str(fitted_run / "saved_model")).signatures["serving_default"]
@@ -88,27 +108,25 @@ def test_saved_model_model_keras_and_predict_serve_the_calibrated_probabilities(
                                    rtol=1e-4, atol=1e-6)
 
 
-def test_fit_closing_lines_and_report_show_intervals_and_calibration(tmp_path):
-    data = make_class_folders(tmp_path / "colours", per_class=6)
-    result = run_cli("fit", data, "--out", tmp_path / "run", *FAST_FIT, "--epochs", "2",
-                     "--val-split", "0.25", "--test-split", "0.25")
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+def test_fit_closing_lines_and_report_show_intervals_and_calibration(ambiguous_run):
+    run, _, output = ambiguous_run
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
     low, high = metrics["accuracy_ci95"]
     assert low <= metrics["accuracy"] <= high
     assert (f"Test accuracy: {metrics['accuracy']:.4f} (95% CI {low:.2f}-{high:.2f}, {metrics['images']} images), "
-            f"macro F1 {metrics['macro_avg']['f1-score']:.3f} (95% CI ") in result.output
+            f"macro F1 {metrics['macro_avg']['f1-score']:.3f} (95% CI ") in output
     calibration = metrics["calibration"]
     assert (f"Calibration: temperature {calibration['temperature']:.2f} (fitted on the validation split), "
-            f"test ECE {calibration['ece_uncalibrated']:.3f} before, {calibration['ece']:.3f} after") in result.output
-    report = tmp_path / "run" / "report"
+            f"test ECE {calibration['ece_uncalibrated']:.3f} before, {calibration['ece']:.3f} after") in output
+    report = run / "report"
     assert "95% CI" in (report / "classification_report.txt").read_text()
     assert (report / "reliability.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(report / "predictions.csv", encoding="utf-8")))
     assert list(rows[0]) == ["path", "true", "predicted", "probability"] and len(rows) == metrics["images"]
 
 
-def test_evaluate_reports_the_served_models_calibration(fitted_run):
+def test_evaluate_reports_the_served_models_calibration(ambiguous_run):
+    fitted_run = ambiguous_run[0]
     result = run_cli("evaluate", fitted_run, "--no-progress")
     assert result.exit_code == 0, result.output
     report = fitted_run / "report" / "evaluate-test"
@@ -119,7 +137,6 @@ def test_evaluate_reports_the_served_models_calibration(fitted_run):
     served = temperature_of(Run.open(fitted_run).load_model())
     assert metrics["calibration"]["temperature"] == pytest.approx(served)
     assert (report / "reliability.png").is_file() and (report / "predictions.csv").is_file()
-    shutil.rmtree(report)  # the session's run stays as fit left it
 
 
 def test_a_run_made_before_temperature_scaling_still_loads_and_evaluates(run_copy):

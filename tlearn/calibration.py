@@ -48,13 +48,15 @@ class ScoredImages:
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of `labels` (class indices)
-    given `logits` [N, classes]; 1.0 where there is nothing to fit on (no images).
+    given `logits` [N, classes]; 1.0 where there is nothing to fit it on.
 
-    The search is over log T, bounded by TEMPERATURE_BOUNDS: a model that is right on every
-    validation image with a wide margin would otherwise be sharpened without limit.
+    Where the argmax is right on every image, the likelihood only grows as T shrinks to 0:
+    the images say nothing about how sure the model should be when it is wrong, so T stays 1
+    rather than sharpening to the search's bound. Otherwise the search is over log T, within
+    TEMPERATURE_BOUNDS.
     """
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
-    if len(labels) == 0:
+    if len(labels) == 0 or np.all(logits.argmax(axis=1) == labels):
         return 1.0
 
     def negative_log_likelihood(log_temperature: float) -> float:

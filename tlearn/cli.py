@@ -282,7 +282,9 @@ def _print_run_summary(result) -> None:
                f"{_macro_f1(metrics)}")
     calibration = metrics.get("calibration")
     if calibration:
-        click.echo(f"Calibration: temperature {calibration['temperature']:.2f} (fitted on the validation split), "
+        how = ("fitted on the validation split" if calibration["temperature"] != 1.0
+               else "left at 1: no validation image was wrong, nothing to fit it on")
+        click.echo(f"Calibration: temperature {calibration['temperature']:.2f} ({how}), "
                    f"test ECE {calibration['ece_uncalibrated']:.3f} before, {calibration['ece']:.3f} after")
 
 
