@@ -145,7 +145,9 @@ def plot_reliability(logits: np.ndarray, labels: np.ndarray, temperature: float,
         curve_axes.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy", title=f"{title}\n{len(labels)} images")
         curve_axes.legend(loc="upper left", fontsize="small")
         curve_axes.grid(alpha=0.3)
-        count_axes.set(xlabel=f"confidence (highest probability), {bins} bins", ylabel="images")
+        # log scale: a bin of 2 images stays visible beside one of 160
+        count_axes.set(xlabel=f"confidence (highest probability), {bins} bins", ylabel="images (log scale)",
+                       yscale="log")
         count_axes.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(path, dpi=120)
