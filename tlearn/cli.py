@@ -244,8 +244,8 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     """Accuracy, per-class table and the most confidently wrong images of a run.
 
     RUN_DIR defaults to the newest run in MODELS_DIR. The full report (metrics.json,
-    classification_report.txt, confusion_matrix.png, confidently_wrong.csv) goes to
-    RUN_DIR/report/evaluate-<test or data folder name>/.
+    classification_report.txt, confusion_matrix.png, reliability.png, predictions.csv,
+    confidently_wrong.csv) goes to RUN_DIR/report/evaluate-<test or data folder name>/.
 
     \b
     Example:
@@ -258,7 +258,8 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     _print_result_warnings(result)
     if result.ignored_classes:
         click.echo(f"Warning: ignored folders of classes the model does not know: {', '.join(result.ignored_classes)}", err=True)
-    click.echo(f"{result.data_name}: {result.metrics['images']} images, accuracy {result.accuracy:.4f}")
+    click.echo(f"{result.data_name}: {result.metrics['images']} images, accuracy {result.accuracy:.4f}"
+               f"{_with_interval(result.metrics, 'accuracy_ci95')}, {_macro_f1(result.metrics)}")
     click.echo(result.table, nl=False)
     if result.confidently_wrong:
         click.echo("Most confidently wrong:")
@@ -280,12 +281,33 @@ def _print_run_summary(result) -> None:
         f"{len(result.skipped)} skipped, {result.wall_seconds:.0f} s"
     )
     click.echo(f"Run: {result.run_dir}" if result.run_dir is not None else "Run: written by the chief worker")
-    click.echo(f"Test accuracy: {result.test_accuracy:.4f}")
+    metrics = result.metrics
+    images = f", {metrics['images']} images"
+    click.echo(f"Test accuracy: {result.test_accuracy:.4f}{_with_interval(metrics, 'accuracy_ci95', images)}, "
+               f"{_macro_f1(metrics)}")
+    calibration = metrics.get("calibration")
+    if calibration:
+        how = ("fitted on the validation split" if calibration["temperature"] != 1.0
+               else "left at 1: no validation image was wrong, nothing to fit it on")
+        click.echo(f"Calibration: temperature {calibration['temperature']:.2f} ({how}), "
+                   f"test ECE {calibration['ece_uncalibrated']:.3f} before, {calibration['ece']:.3f} after")
     if result.run_dir is not None:
         from .html_report import INDEX
         from .run import RunFiles
 
         click.echo(f"Report: {RunFiles(result.run_dir).report / INDEX}")
+
+
+def _with_interval(metrics: dict, key: str, suffix: str = "") -> str:
+    """' (95% CI 0.93-0.99<suffix>)', or '' for metrics without the interval."""
+    if key not in metrics:
+        return ""
+    low, high = metrics[key]
+    return f" (95% CI {low:.2f}-{high:.2f}{suffix})"
+
+
+def _macro_f1(metrics: dict) -> str:
+    return f"macro F1 {metrics['macro_avg']['f1-score']:.3f}{_with_interval(metrics, 'macro_f1_ci95')}"
 
 
 @main.command()

@@ -14,10 +14,11 @@ import numpy as np
 from .atomic import staging_folder
 from .data.dataset import ImageRecord, SkippedFile, scan_folder
 from .errors import TlearnError
+from .calibration import ScoredImages
 from .explanation import write_error_gallery
 from .html_report import write_html_report
-from .model import cut_layer_name, feature_extractor, trainable_top
-from .report import classification_metrics, format_classification_table, write_evaluation
+from .model import cut_layer_name, feature_extractor, temperature_of, trainable_top
+from .report import classification_metrics, format_classification_table, write_calibration_report, write_evaluation
 from .run import Run
 from .settings import DEFAULT_MODELS_DIR, EvaluateSettings, settings_from
 from .train.activations import compute_activations, run_activation_cache
@@ -73,10 +74,13 @@ def evaluate(
     if not records:
         raise TlearnError(f"no decodable images to evaluate in {data or 'the test split'}")
     labels = np.array([run.class_names.index(record.label) for record in records])
-    probabilities = predict_cached(trainable_top(model, cut), cache, records, settings.batch_size)
+    logits = predict_cached(trainable_top(model, cut), cache, records, settings.batch_size)
+    scored = ScoredImages([str(record.path) for record in records], labels, logits, temperature_of(model))
+    probabilities = scored.probabilities  # what the exported model serves
     metrics = classification_metrics(labels, probabilities, run.class_names)
+    metrics["calibration"] = scored.calibration()
     wrong = confidently_wrong(records, labels, probabilities, run.class_names)
-    report_dir = _write_report(run, model, data_name, metrics, wrong, None if data else (changed, skipped))
+    report_dir = _write_report(run, model, data_name, metrics, wrong, None if data else (changed, skipped), scored)
     table = format_classification_table(metrics, run.class_names)
     return Evaluation(run.path, data_name, report_dir, metrics, table, wrong[: settings.show_wrong], ignored, skipped,
                       changed, cache.damaged)
@@ -107,13 +111,15 @@ def _records_to_evaluate(
 
 
 def _write_report(run: Run, model: keras.Model, data_name: str, metrics: dict, wrong: list[dict],
-                  split_changes: tuple[list[Path], list[SkippedFile]] | None) -> Path:
+                  split_changes: tuple[list[Path], list[SkippedFile]] | None, scored: ScoredImages) -> Path:
     """The report folder, written beside and renamed into place, replacing an earlier one.
 
     `split_changes` (on the test split): its files changed since fit, and those skipped."""
     report_dir = run.files.evaluation(data_name)
     with staging_folder(run.files.report) as staging:
-        write_evaluation(metrics, run.class_names, staging, f"{data_name}, {run.last_stage.name} model")
+        title = f"{data_name}, {run.last_stage.name} model"
+        write_evaluation(metrics, run.class_names, staging, title)
+        write_calibration_report(scored, run.class_names, staging, title)
         _write_wrong_csv(staging / "confidently_wrong.csv", wrong)
         write_error_gallery(model, wrong, staging)
         if split_changes is not None:

@@ -110,10 +110,10 @@ class Run:
         Building anew (rather than using the loaded model as is) lets each stage choose its
         own precision; model.keras is read in safe mode, so the file cannot run code.
         """
-        from .model import load_classifier
+        from .model import classifier_weights, load_classifier
 
         model = self.spec.build()
-        model.set_weights(load_classifier(self.files.model).get_weights())
+        model.set_weights(classifier_weights(load_classifier(self.files.model)))
         return model
 
     def read_split(self, data_dir: str | Path | None = None, subsets: tuple[str, ...] | None = None) -> CheckedSplit:

@@ -21,6 +21,7 @@ import tensorflow as tf
 from .. import __version__
 from ..atomic import write_json_atomically, write_text_atomically
 from ..augment import build_augmenter, write_augmentation_preview
+from ..calibration import ScoredImages, fit_temperature
 from ..data.check import format_check
 from ..data.dataset import ImageRecord, ScannedFolder, SkippedFile, check_for_training, scan_folder
 from ..data.images import UnreadableImage, load_rgb
@@ -32,9 +33,11 @@ from ..explanation import write_error_gallery
 from ..export import export_classifier
 from ..html_report import write_html_report
 from ..label_issues import LabelIssues, suspected_label_errors, write_label_issues_csv
-from ..model import cut_layer_name, feature_extractor, set_trainable_top, trainable_top, weights_identity
+from ..model import (
+    cut_layer_name, feature_extractor, set_temperature, set_trainable_top, trainable_top, weights_identity,
+)
 from ..precision import apply_precision_policy
-from ..report import classification_metrics, write_evaluation, write_history
+from ..report import classification_metrics, write_calibration_report, write_evaluation, write_history
 from ..metadata import ModelSpec, RunMetadata, SplitRecord, StageRecord
 from ..run import Run, RunFiles, RunWriter, check_out_is_free
 from ..settings import DEFAULT_MODELS_DIR, FinetuneSettings, FitSettings, TrainingSettings, settings_from
@@ -74,7 +77,7 @@ class _StageOutcome:
     subsets: dict[str, list[ImageRecord]]
     skipped: list[SkippedFile]
     damaged_cache_entries: list[Path]
-    test_probabilities: np.ndarray  # one row per subsets["test"] record: the error gallery's source
+    scored: ScoredImages  # the test split's logits and the fitted temperature
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -249,14 +252,28 @@ def _train_stage(
                 top, distribution.prepare_batches(train), distribution.prepare_batches(validation),
                 epochs=settings.epochs, patience=settings.patience, lr=settings.lr, progress=progress,
             )
-        test = subsets["test"]
-        probabilities = distribution.map_shards(
-            len(test), lambda owned: predict_cached(top, cache, [test[i] for i in owned], settings.batch_size)
-        )
-    metrics = classification_metrics(labels["test"], probabilities, class_names)
+        scored = _calibrate(model, top, cache, subsets, labels, settings.batch_size, distribution)
+    metrics = classification_metrics(labels["test"], scored.probabilities, class_names)
+    metrics["calibration"] = scored.calibration()
     damaged = [path for each in caches.values() for path in each.damaged]
     return _StageOutcome(history, best_epoch, metrics, subsets, sorted(skipped, key=lambda item: str(item.path)),
-                         damaged, probabilities)
+                         damaged, scored)
+
+
+def _calibrate(model: keras.Model, top: keras.Model, cache: ActivationCache, subsets: dict[str, list[ImageRecord]],
+               labels: dict[str, np.ndarray], batch_size: int, distribution: Distribution) -> ScoredImages:
+    """Fit the temperature on the validation split's logits and build it into `model`; returns
+    the test split's logits with it. Call it in the strategy's scope."""
+
+    def logits_of(records: list[ImageRecord]) -> np.ndarray:
+        return distribution.map_shards(
+            len(records), lambda owned: predict_cached(top, cache, [records[i] for i in owned], batch_size)
+        )
+
+    temperature = fit_temperature(logits_of(subsets["validation"]), labels["validation"])
+    set_temperature(model, temperature)
+    test = subsets["test"]
+    return ScoredImages([str(record.path) for record in test], labels["test"], logits_of(test), temperature)
 
 
 def _embed_split(extractor, caches, subsets, settings: TrainingSettings, augmenter, progress: bool,
@@ -294,14 +311,16 @@ def _stage_record(name: str, settings: TrainingSettings, cut: str, outcome: _Sta
 
 def _write_stage(files: RunFiles, model, stages: list[StageRecord], outcome: _StageOutcome,
                  class_names: list[str]) -> None:
-    """What every stage writes: the export, its test report (with the gallery of its worst
-    errors) and the curves of all stages so far."""
+    """What every stage writes: the export, its test report (with calibration and the gallery
+    of its worst errors) and the curves of all stages so far."""
     export_classifier(model, class_names, files)
-    write_evaluation(outcome.metrics, class_names, files.report, f"test split, after {stages[-1].name}")
+    title = f"test split, after {stages[-1].name}"
+    write_evaluation(outcome.metrics, class_names, files.report, title)
+    write_calibration_report(outcome.scored, class_names, files.report, title)
     write_history(stages, files.report)
-    test = outcome.subsets["test"]
-    labels = np.array([class_names.index(record.label) for record in test])
-    write_error_gallery(model, confidently_wrong(test, labels, outcome.test_probabilities, class_names), files.report)
+    scored = outcome.scored  # in the order of the test split
+    wrong = confidently_wrong(outcome.subsets["test"], scored.labels, scored.probabilities, class_names)
+    write_error_gallery(model, wrong, files.report)
 
 
 def _report_title(metadata: RunMetadata) -> str:
