@@ -70,29 +70,14 @@ def _forward(model: keras.Model, batch: tf.Tensor, class_index) -> tuple[tf.Tens
                 tape.watch(convolution)
         for layer in after[:-1]:
             x = layer(x, training=False)
-        output_layer = after[-1]
-        probabilities = tf.cast(output_layer(x, training=False), tf.float32)
-        scores = tf.cast(_class_scores(output_layer, x, probabilities), tf.float32)
+        # The output layer turns the logits into (tempered) probabilities. Grad-CAM follows the
+        # logit: a probability near 1 has almost no gradient and would leave an empty heatmap.
+        logits = tf.cast(x, tf.float32)
+        probabilities = tf.cast(after[-1](x, training=False), tf.float32)
         chosen = _chosen_classes(class_index, probabilities)
-        score = tf.reduce_sum(tf.gather(scores, chosen, axis=1, batch_dims=1))
+        score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
     gradients = tf.cast(tape.gradient(score, convolution), tf.float32)
     return _heatmaps(tf.cast(convolution, tf.float32), gradients), probabilities
-
-
-def _class_scores(output_layer: keras.layers.Layer, inputs: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
-    """What Grad-CAM differentiates: the logits where the output layer shows them.
-
-    A probability near 1 has almost no gradient, so it would leave a confident prediction
-    with an empty heatmap; the logit does not saturate. A Dense output with a softmax has its
-    logits inside it; any other output layer (a softmax with a temperature, say) turns the
-    logits it is given into the probabilities.
-    """
-    if not isinstance(output_layer, keras.layers.Dense):
-        return inputs
-    if output_layer.activation is keras.activations.softmax:
-        logits = keras.ops.matmul(keras.ops.cast(inputs, output_layer.kernel.dtype), output_layer.kernel)
-        return logits + output_layer.bias if output_layer.use_bias else logits
-    return probabilities
 
 
 def _chosen_classes(class_index, probabilities: tf.Tensor) -> tf.Tensor:
