@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import CLASS_COLOURS, FAST_FIT, make_class_folders, run_cli, solid_image
-from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
+from tlearn.calibration import choose_temperature, expected_calibration_error, fit_temperature, softmax
 from tlearn.data.images import load_rgb
 from tlearn.model import PROBABILITIES, load_classifier, temperature_of
 from tlearn.report import macro_f1_interval, wilson_interval
@@ -64,6 +64,29 @@ def test_a_validation_split_without_errors_leaves_the_temperature_at_one():
     assert fit_temperature(logits, np.array([0, 1, 0])) != 1.0  # one wrong: a finite optimum
 
 
+def test_a_temperature_is_served_where_the_validation_split_shows_miscalibration():
+    rng = np.random.default_rng(1)
+    calibrated = rng.normal(0, 2, (1000, 5))
+    labels = np.array([rng.choice(5, p=row) for row in softmax(calibrated)])
+    overconfident = choose_temperature(calibrated * 2.5, labels)
+    low, high = overconfident.interval
+    assert 1.0 < low < overconfident.fitted < high and overconfident.temperature == overconfident.fitted
+    assert overconfident.reason.startswith("fitted on the validation split")
+
+
+def test_one_wrong_validation_image_is_no_evidence_for_a_temperature():
+    # 167 confident and right, 1 wrong: the likelihood alone sharpens T far below 1.
+    logits = np.zeros((168, 4))
+    logits[:, 0] = np.random.default_rng(2).uniform(2, 6, 168)
+    labels = np.zeros(168, np.int64)
+    labels[0] = 1
+    choice = choose_temperature(logits, labels)
+    assert choice.fitted < 0.6 and choice.interval[0] < choice.fitted and choice.interval[1] >= 1.0
+    assert choice.temperature == 1.0 and choice.reason.endswith("includes 1")
+    assert choose_temperature(logits, np.zeros(168, np.int64)).reason == \
+        "left at 1: no validation image was wrong, nothing to fit it on"
+
+
 def test_expected_calibration_error_of_a_known_case():
     # 10 images at confidence 0.9 of which 6 are right: |0.6 - 0.9| = 0.3.
     probabilities = np.tile([0.9, 0.1], (10, 1))
@@ -73,13 +96,14 @@ def test_expected_calibration_error_of_a_known_case():
 
 @pytest.fixture(scope="module")
 def ambiguous_run(tmp_path_factory):
-    """A fitted run whose `rain` looks like `cloudy`: its validation split has errors, so a
-    temperature other than 1 is fitted. Returns (run, dataset, fit's output)."""
-    data = make_class_folders(tmp_path_factory.mktemp("ambiguous") / "colours", per_class=10)
+    """A fitted run whose `rain` looks like `cloudy`: its validation split has enough errors to
+    show the model miscalibrated, so a temperature other than 1 is served. Returns (run,
+    dataset, fit's output)."""
+    data = make_class_folders(tmp_path_factory.mktemp("ambiguous") / "colours", per_class=20)
     for number, path in enumerate(sorted((data / "rain").glob("*.jpg"))):
         solid_image(CLASS_COLOURS["cloudy"], seed=5000 + number).save(path, quality=95)
     run = tmp_path_factory.mktemp("runs") / "run"
-    result = run_cli("fit", data, "--out", run, *FAST_FIT, "--epochs", "3", "--val-split", "0.3", "--test-split", "0.3")
+    result = run_cli("fit", data, "--out", run, *FAST_FIT, "--val-split", "0.3", "--test-split", "0.3")
     assert result.exit_code == 0, result.output
     return run, data, result.output
 
@@ -89,7 +113,10 @@ def test_saved_model_model_keras_and_predict_serve_the_calibrated_probabilities(
     metrics = json.loads((fitted_run / "report" / "metrics.json").read_text())
     temperature = metrics["calibration"]["temperature"]
     assert temperature != pytest.approx(1.0, abs=1e-3)
-    assert set(metrics["calibration"]) == {"temperature", "bins", "ece", "ece_uncalibrated"}
+    assert set(metrics["calibration"]) == {"temperature", "bins", "ece", "ece_uncalibrated", "fitted_temperature",
+                                           "fitted_temperature_ci95", "temperature_reason"}
+    low, high = metrics["calibration"]["fitted_temperature_ci95"]
+    assert temperature == metrics["calibration"]["fitted_temperature"] and not low <= 1.0 <= high
     paths = sorted((dataset_dir / "sunrise").glob("*.jpg"))[:6]
     pixels = np.stack([load_rgb(p, 32) for p in paths]).astype("float32")
 
@@ -116,7 +143,8 @@ def test_fit_closing_lines_and_report_show_intervals_and_calibration(ambiguous_r
     assert (f"Test accuracy: {metrics['accuracy']:.4f} (95% CI {low:.2f}-{high:.2f}, {metrics['images']} images), "
             f"macro F1 {metrics['macro_avg']['f1-score']:.3f} (95% CI ") in output
     calibration = metrics["calibration"]
-    assert (f"Calibration: temperature {calibration['temperature']:.2f} (fitted on the validation split), "
+    assert calibration["temperature_reason"].startswith("fitted on the validation split: validation fit ")
+    assert (f"Calibration: temperature {calibration['temperature']:.2f} ({calibration['temperature_reason']}), "
             f"test ECE {calibration['ece_uncalibrated']:.3f} before, {calibration['ece']:.3f} after") in output
     report = run / "report"
     assert "95% CI" in (report / "classification_report.txt").read_text()

@@ -3,7 +3,8 @@
 A network trained with cross-entropy is usually over-confident on new images. One scalar
 temperature T, dividing the logits before the softmax, fixes most of that without changing
 any prediction (the argmax is the same for every T); it is fitted on the validation split,
-never on the images it is then judged on.
+never on the images it is then judged on, and served only where that split shows the model
+miscalibrated (see choose_temperature).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from scipy.special import log_softmax
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 # The number of equal-width confidence bins of the usual ECE (Guo et al. 2017).
 ECE_BINS = 15
+# Bootstrap resamples of the validation split for the temperature's 95% interval: enough for
+# its 2.5th and 97.5th percentiles, and a second or so on 10,000 validation images.
+TEMPERATURE_RESAMPLES = 200
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -36,6 +40,7 @@ class ScoredImages:
     labels: np.ndarray  # class indices
     logits: np.ndarray  # [images, classes]
     temperature: float = 1.0
+    choice: TemperatureChoice | None = None  # how a stage chose the temperature (evaluate reads it)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -43,7 +48,8 @@ class ScoredImages:
         return softmax(self.logits, self.temperature)
 
     def calibration(self, bins: int = ECE_BINS) -> dict:
-        return calibration_summary(self.logits, self.labels, self.temperature, bins)
+        summary = calibration_summary(self.logits, self.labels, self.temperature, bins)
+        return {**summary, **self.choice.record()} if self.choice is not None else summary
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -67,6 +73,48 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     found = minimize_scalar(negative_log_likelihood, bounds=(low, high), method="bounded",
                             options={"xatol": 1e-4})
     return float(np.exp(found.x))
+
+
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The temperature a stage serves, and the validation split's evidence for it."""
+
+    temperature: float  # served: `fitted`, or 1 where the evidence does not show miscalibration
+    fitted: float  # the likelihood's optimum on the validation split
+    interval: tuple[float, float]  # bootstrap 95% interval of `fitted`
+
+    @property
+    def reason(self) -> str:
+        """Why this temperature, in a few words for the CLI and the report."""
+        low, high = self.interval
+        if self.fitted == 1.0 and low == high == 1.0:
+            return "left at 1: no validation image was wrong, nothing to fit it on"
+        evidence = f"validation fit {self.fitted:.2f}, 95% CI {low:.2f}-{high:.2f}"
+        if self.temperature == 1.0:
+            return f"left at 1: {evidence}, includes 1"
+        return f"fitted on the validation split: {evidence}"
+
+    def record(self) -> dict:
+        return {"fitted_temperature": self.fitted, "fitted_temperature_ci95": list(self.interval),
+                "temperature_reason": self.reason}
+
+
+def choose_temperature(logits: np.ndarray, labels: np.ndarray, seed: int = 0) -> TemperatureChoice:
+    """Fit the temperature on the validation split and serve it only where the split shows the
+    model miscalibrated: where the bootstrap 95% interval of the fitted T excludes 1.
+
+    The fit hangs on the few images the model gets wrong, so a split with one or two of them
+    gives a temperature far from 1 by chance: on the weather set, 1 wrong image of 168 gave
+    T = 0.19, which made the test split's log-loss 3.6 times worse than T = 1.
+    """
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
+    fitted = fit_temperature(logits, labels)
+    random = np.random.default_rng(seed)
+    resampled = [fit_temperature(logits[rows], labels[rows])
+                 for rows in random.integers(0, len(labels), (TEMPERATURE_RESAMPLES, len(labels)))]
+    low, high = (float(value) for value in np.percentile(resampled, [2.5, 97.5])) if len(labels) else (1.0, 1.0)
+    served = fitted if not low <= 1.0 <= high else 1.0
+    return TemperatureChoice(served, fitted, (low, high))
 
 
 @dataclass(frozen=True)

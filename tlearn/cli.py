@@ -287,9 +287,7 @@ def _print_run_summary(result) -> None:
                f"{_macro_f1(metrics)}")
     calibration = metrics.get("calibration")
     if calibration:
-        how = ("fitted on the validation split" if calibration["temperature"] != 1.0
-               else "left at 1: no validation image was wrong, nothing to fit it on")
-        click.echo(f"Calibration: temperature {calibration['temperature']:.2f} ({how}), "
+        click.echo(f"Calibration: temperature {calibration['temperature']:.2f} ({calibration['temperature_reason']}), "
                    f"test ECE {calibration['ece_uncalibrated']:.3f} before, {calibration['ece']:.3f} after")
     if result.run_dir is not None:
         from .html_report import INDEX

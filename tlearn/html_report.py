@@ -190,7 +190,9 @@ def _calibration_section(metrics: dict, report_dir: Path) -> _Section:
     facts = {}
     if isinstance(calibration, dict):
         facts = {
-            "temperature": _number(calibration.get("temperature"), 3),
+            "temperature": _number(calibration.get("temperature"), 3)
+            + (f' <span class="note">({_e(calibration["temperature_reason"])})</span>'
+               if calibration.get("temperature_reason") else ""),
             "ECE before scaling": _number(calibration.get("ece_uncalibrated"), 3),
             "ECE after scaling (served)": _number(calibration.get("ece"), 3),
             "bins": _e(calibration.get("bins", "–")),

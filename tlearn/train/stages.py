@@ -21,7 +21,7 @@ import tensorflow as tf
 from .. import __version__
 from ..atomic import write_json_atomically, write_text_atomically
 from ..augment import build_augmenter, write_augmentation_preview
-from ..calibration import ScoredImages, fit_temperature
+from ..calibration import ScoredImages, choose_temperature
 from ..data.check import format_check
 from ..data.dataset import ImageRecord, ScannedFolder, SkippedFile, check_for_training, scan_folder
 from ..data.images import UnreadableImage, load_rgb
@@ -262,18 +262,19 @@ def _train_stage(
 
 def _calibrate(model: keras.Model, top: keras.Model, cache: ActivationCache, subsets: dict[str, list[ImageRecord]],
                labels: dict[str, np.ndarray], batch_size: int, distribution: Distribution) -> ScoredImages:
-    """Fit the temperature on the validation split's logits and build it into `model`; returns
-    the test split's logits with it. Call it in the strategy's scope."""
+    """Choose the temperature from the validation split's logits and build it into `model`;
+    returns the test split's logits with it. Call it in the strategy's scope."""
 
     def logits_of(records: list[ImageRecord]) -> np.ndarray:
         return distribution.map_shards(
             len(records), lambda owned: predict_cached(top, cache, [records[i] for i in owned], batch_size)
         )
 
-    temperature = fit_temperature(logits_of(subsets["validation"]), labels["validation"])
-    set_temperature(model, temperature)
+    choice = choose_temperature(logits_of(subsets["validation"]), labels["validation"])
+    set_temperature(model, choice.temperature)
     test = subsets["test"]
-    return ScoredImages([str(record.path) for record in test], labels["test"], logits_of(test), temperature)
+    return ScoredImages([str(record.path) for record in test], labels["test"], logits_of(test), choice.temperature,
+                        choice)
 
 
 def _embed_split(extractor, caches, subsets, settings: TrainingSettings, augmenter, progress: bool,
