@@ -25,7 +25,7 @@ from .atomic import write_atomically
 from .data.images import UnreadableImage, decode_rgb, resize_for_model
 from .errors import TlearnError
 from .model import BASE_NAME, base_of
-from .prediction import collect_images
+from .prediction import ImageStream, collect_images
 from .run import Run
 from .settings import DEFAULT_EXPLANATIONS_DIR, DEFAULT_MODELS_DIR, ExplainSettings, settings_from
 
@@ -132,18 +132,13 @@ class Explanation:
     error: str | None = None  # why the image could not be explained (then nothing was written)
 
 
-class ExplanationStream:
-    """Explanations of `paths`, in order, made batch by batch as they are iterated over."""
+class ExplanationStream(ImageStream[Explanation]):
+    """Explanations of `paths`, in order, made batch by batch as they are iterated over; the
+    figures go to `out`."""
 
     def __init__(self, paths: list[Path], out: Path, rows: Iterator[Explanation]):
-        self.paths, self.out = paths, out
-        self._rows = rows
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __iter__(self) -> Iterator[Explanation]:
-        return self._rows
+        super().__init__(paths, rows)
+        self.out = out
 
 
 def iter_explanations(

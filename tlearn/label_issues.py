@@ -93,7 +93,7 @@ def find_suspected_label_errors(
     folds, reason = _fold_count(labels, groups, class_names, max_folds)
     if reason:
         return LabelIssues([], len(labels), 0, reason)
-    probabilities = _out_of_sample_probabilities(features, labels, groups, len(class_names), folds, seed)
+    probabilities = _out_of_sample_probabilities(features, labels, groups, folds, seed)
     # n_jobs=1: cleanlab's default forks worker processes, unsafe inside a TensorFlow process.
     ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1)
     scores = get_label_quality_scores(labels, probabilities)
@@ -131,24 +131,21 @@ def fold_of_each(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
     return fold
 
 
-def _out_of_sample_probabilities(features, labels, groups, class_count: int, folds: int, seed: int) -> np.ndarray:
+def _out_of_sample_probabilities(features, labels, groups, folds: int, seed: int) -> np.ndarray:
     """Each image's class probabilities from a model that never saw it nor its duplicates."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import PredefinedSplit, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+    from threadpoolctl import threadpool_limits
 
     model = make_pipeline(StandardScaler(), LogisticRegression(C=REGULARISATION_C, tol=TOLERANCE, max_iter=2000))
     splitter = PredefinedSplit(fold_of_each(labels, groups, folds, seed))
     # One BLAS thread: matrices of a few hundred columns gain nothing from more, and on a busy
     # machine the threads' contention made it 3-4x slower (2 s against 8 s on the weather set).
     with threadpool_limits(limits=1):
-        probabilities = cross_val_predict(model, features, labels, cv=splitter, method="predict_proba")
-    if probabilities.shape[1] != class_count:  # cannot happen with every class in the labels; say so if it does
-        raise ValueError(f"expected probabilities of {class_count} classes, got {probabilities.shape[1]}")
-    return probabilities
+        return cross_val_predict(model, features, labels, cv=splitter, method="predict_proba")
 
 
 def pooled_features(cache: ActivationCache, records: list[ImageRecord]) -> tuple[np.ndarray, list[int]]:
@@ -254,7 +251,7 @@ def _folder_label_issues(data_dir, settings: CheckSettings, cache_dir, progress:
     from .model import feature_extractor, weights_identity
     from .precision import apply_precision_policy
     from .train.activations import compute_activations
-    from .train.stages import _fit_caches
+    from .train.stages import fit_caches
 
     scanned: ScannedFolder = scan_folder(data_dir, image_size=settings.image_size,
                                          near_threshold=settings.near_threshold, cache_dir=cache_dir)
@@ -265,7 +262,7 @@ def _folder_label_issues(data_dir, settings: CheckSettings, cache_dir, progress:
     spec = ModelSpec(scanned.class_names, fit.image_size, fit.weights, weights_identity(fit.weights, fit.seed),
                      fit.preprocess, fit.dense_units, fit.dropout)
     model = spec.build(fit.weights)
-    caches = _fit_caches(model, spec, fit, policy, cache_dir)  # both of fit's cuts: a later fit embeds nothing
+    caches = fit_caches(model, spec, fit, policy, cache_dir)  # both of fit's cuts: a later fit embeds nothing
     extractor = feature_extractor(model, list(caches))
     skipped = compute_activations(extractor, scanned.records, list(caches.values()), 1, None, fit.batch_size,
                                   progress, "embedding")

@@ -124,7 +124,7 @@ def fit(
     )
     with distribution.scope():  # variables must be created under the strategy that trains them
         model = spec.build(settings.weights)
-    caches = _fit_caches(model, spec, settings, policy, cache_dir)
+    caches = fit_caches(model, spec, settings, policy, cache_dir)
     augmenter = build_augmenter(settings.augment, settings.seed) if settings.views > 1 or settings.preview_augment else None
     outcome = _train_stage(model, caches, subsets, spec.class_names, distribution, settings, augmenter, settings.seed, progress)
     # From the activations just cached, read back, not recomputed: seconds, beside minutes of embedding.
@@ -211,7 +211,7 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
         return writer.publish_new(out, models_dir, scanned.root.resolve().name)
 
 
-def _fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache_dir) -> dict[str, ActivationCache]:
+def fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache_dir) -> dict[str, ActivationCache]:
     """cut layer -> cache: fit's own cut first and, with `finetune_cache`, finetune's default cut.
 
     finetune's cut lies on the way to fit's: storing its activations from the same pass spares
