@@ -12,7 +12,7 @@ def test_every_command_is_documented_with_an_example(command):
 
 
 def test_commands():
-    assert set(main.commands) == {"check", "fit", "finetune", "evaluate", "predict", "export"}
+    assert set(main.commands) == {"check", "fit", "finetune", "evaluate", "predict", "explain", "export"}
 
 
 def test_help_does_not_load_tensorflow():

@@ -16,7 +16,7 @@ def layer_weights(run_dir):
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     base = model.get_layer("vgg16")
     weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in base.layers if layer.weights}
-    weights.update({name: model.get_layer(name).get_weights() for name in ("head_dense", "probabilities")})
+    weights.update({name: model.get_layer(name).get_weights() for name in ("head_dense", "logits")})
     return weights
 
 
@@ -38,7 +38,7 @@ def test_only_the_unfrozen_layers_and_head_change(finetuned):
     run, before, _, _ = finetuned
     after = layer_weights(run)
     changed = {name for name in before if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
-    assert changed == BLOCK5 | {"head_dense", "probabilities"}
+    assert changed == BLOCK5 | {"head_dense", "logits"}
 
 
 def test_split_is_kept_and_both_stages_are_recorded(finetuned):

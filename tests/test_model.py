@@ -33,15 +33,15 @@ def test_classifier_takes_raw_pixels_of_any_size(classifier):
 
 def test_base_is_frozen_and_head_trainable(classifier):
     trainable = {layer.name for layer in classifier.layers if layer.trainable_weights}
-    assert trainable == {"head_dense", "probabilities"}
+    assert trainable == {"head_dense", "logits"}  # not the temperature: it is fitted, not trained
 
 
 def test_cached_split_equals_the_whole_model(classifier):
     pixels = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     for unfreeze in (0, 4, 8):
         cut = cut_layer_name(classifier, unfreeze)
-        split = trainable_top(classifier, cut)(feature_extractor(classifier, cut)(pixels))
-        np.testing.assert_allclose(split, classifier(pixels), rtol=1e-5, atol=1e-6)
+        logits = trainable_top(classifier, cut)(feature_extractor(classifier, cut)(pixels))
+        np.testing.assert_allclose(keras.ops.softmax(logits), classifier(pixels), rtol=1e-5, atol=1e-6)
 
 
 def test_one_extractor_gives_several_cuts_in_the_order_asked(classifier):

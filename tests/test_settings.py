@@ -11,7 +11,8 @@ import tlearn
 from tlearn.cli import main
 from tlearn.errors import TlearnError
 from tlearn.settings import (
-    CheckSettings, EvaluateSettings, ExportSettings, FinetuneSettings, FitSettings, PredictSettings,
+    CheckSettings, EvaluateSettings, ExplainSettings, ExportSettings, FinetuneSettings, FitSettings,
+    PredictSettings,
     TrainingSettings,
 )
 
@@ -20,7 +21,8 @@ COMMANDS = [
     ("finetune", tlearn.finetune, FinetuneSettings),
     ("evaluate", tlearn.evaluate, EvaluateSettings),
     ("predict", tlearn.predict, PredictSettings),
-    ("check", tlearn.check_folder, CheckSettings),
+    ("explain", tlearn.explain, ExplainSettings),
+    ("check", tlearn.check, CheckSettings),
     ("export", tlearn.export_model, ExportSettings),
 ]
 
@@ -44,6 +46,11 @@ def test_cli_option_defaults_equal_the_api_defaults(command, function, settings_
     for name in ("models_dir", "cache_dir", "progress"):
         if name in options and name in api:
             assert options[name].default == api[name].default, f"{command} --{name}"
+
+
+def test_explain_writes_to_the_same_default_folder_from_the_api_and_the_cli():
+    options = {p.name: p for p in main.commands["explain"].params if isinstance(p, click.Option)}
+    assert options["out"].default == inspect.signature(tlearn.explain).parameters["out"].default == "explanations"
 
 
 def test_help_of_fit_shows_every_setting():
@@ -75,6 +82,7 @@ def test_fit_and_finetune_share_one_group_with_their_own_defaults():
         (FinetuneSettings, {"strategy": "gpus"}, "--strategy must be one of auto, none, mirrored, multi-worker"),
         (EvaluateSettings, {"show_wrong": -1}, "--show-wrong must be at least 0"),
         (PredictSettings, {"top_k": 0}, "--top-k must be at least 1"),
+        (ExplainSettings, {"alpha": 1.5}, "--alpha must be between 0 and 1"),
         (CheckSettings, {"max_aspect_ratio": 0.5}, "--max-aspect-ratio must be at least 1"),
         (ExportSettings, {"quantize": "int4"}, "--quantize must be one of none, float16, dynamic, int8"),
         (ExportSettings, {"format": "coreml"}, "--format must be one of litert, onnx"),

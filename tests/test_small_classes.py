@@ -35,6 +35,8 @@ def test_fit_told_to_train_a_tiny_class_warns_about_it(tmp_path):
         "Warning: class sunrise has only 3 usable images (fewer than 10): its test scores rest on one or two of them",
         "Warning: no validation image of rain: early stopping watches a loss without it",
         "Warning: no test image of rain: the test scores leave it out",
+        "Warning: label errors not searched: class rain has one picture (and its duplicates): cross-validation "
+        "needs at least 2 distinct pictures per class to hold one out",
     ]
     split = json.loads((run / "tlearn.json").read_text())["split"]["sizes"]
     assert split == {"train": 6 + 1 + 1, "validation": 2 + 0 + 1, "test": 2 + 0 + 1}  # sunrise: one in each

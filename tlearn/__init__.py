@@ -5,6 +5,7 @@
     tlearn.finetune(run.run_dir, unfreeze=4)
     for p in tlearn.predict(["photo.jpg"], model=run.run_dir):
         print(p.path, p.label, p.probability)
+    tlearn.explain(["photo.jpg"], model=run.run_dir, out="explanations")  # Grad-CAM figures
     model = tlearn.load_model(run.run_dir)  # the Keras model, loaded in safe mode
 
 TensorFlow loads on first use of a training or prediction function, not on import, so the
@@ -21,11 +22,14 @@ _LAZY = {
     "fit": "train.stages", "finetune": "train.stages", "RunResult": "train.stages",
     "evaluate": "evaluation", "Evaluation": "evaluation",
     "predict": "prediction", "iter_predictions": "prediction", "Prediction": "prediction",
+    "explain": "explanation", "iter_explanations": "explanation", "Explanation": "explanation",
     "Run": "run", "load_model": "run",
     "export_model": "conversion", "ExportResult": "conversion",
     "FitSettings": "settings", "FinetuneSettings": "settings", "EvaluateSettings": "settings",
-    "PredictSettings": "settings", "CheckSettings": "settings", "ExportSettings": "settings",
+    "PredictSettings": "settings", "CheckSettings": "settings", "ExplainSettings": "settings",
+    "ExportSettings": "settings",
     "check_folder": "data.check", "DataCheck": "data.check",
+    "check": "label_issues", "find_suspected_label_errors": "label_issues",
 }
 __all__ = ["TlearnError", "__version__", *_LAZY]
 

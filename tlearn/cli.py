@@ -19,8 +19,8 @@ import click
 
 from .errors import TlearnError
 from .settings import (
-    DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, ExportSettings, FinetuneSettings, FitSettings,
-    PredictSettings,
+    DEFAULT_CHECK_CSV, DEFAULT_EXPLANATIONS_DIR, DEFAULT_MODELS_DIR, CheckSettings, EvaluateSettings, ExplainSettings,
+    ExportSettings, FinetuneSettings, FitSettings, PredictSettings,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -79,6 +79,7 @@ def main():
     tlearn finetune --unfreeze 4         train the top of VGG16 too
     tlearn evaluate                      test-split report of the newest run
     tlearn predict photo.jpg             classify with the newest run
+    tlearn explain photo.jpg             where in the photo the evidence lies
     tlearn export --format onnx          the newest run as a verified .onnx file
     """
 
@@ -205,6 +206,7 @@ def fit(data_dir, out, models_dir, cache_dir, progress, **options):
                    **_settings_of(FitSettings, options))
     _print_result_warnings(result)
     _print_run_summary(result)
+    _print_label_issues_line(result)
 
 
 @main.command()
@@ -243,8 +245,8 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     """Accuracy, per-class table and the most confidently wrong images of a run.
 
     RUN_DIR defaults to the newest run in MODELS_DIR. The full report (metrics.json,
-    classification_report.txt, confusion_matrix.png, confidently_wrong.csv) goes to
-    RUN_DIR/report/evaluate-<test or data folder name>/.
+    classification_report.txt, confusion_matrix.png, reliability.png, predictions.csv,
+    confidently_wrong.csv) goes to RUN_DIR/report/evaluate-<test or data folder name>/.
 
     \b
     Example:
@@ -257,13 +259,16 @@ def evaluate(run_dir, models_dir, data_dir, cache_dir, progress, **options):
     _print_result_warnings(result)
     if result.ignored_classes:
         click.echo(f"Warning: ignored folders of classes the model does not know: {', '.join(result.ignored_classes)}", err=True)
-    click.echo(f"{result.data_name}: {result.metrics['images']} images, accuracy {result.accuracy:.4f}")
+    click.echo(f"{result.data_name}: {result.metrics['images']} images, accuracy {result.accuracy:.4f}"
+               f"{_with_interval(result.metrics, 'accuracy_ci95')}, {_macro_f1(result.metrics)}")
     click.echo(result.table, nl=False)
     if result.confidently_wrong:
         click.echo("Most confidently wrong:")
         for row in result.confidently_wrong:
             click.echo(f"  {row['probability']:.3f}  {row['true']} -> {row['predicted']}  {row['path']}")
-    click.echo(f"Report: {result.report_dir}")
+    from .html_report import INDEX
+
+    click.echo(f"Report: {result.report_dir / INDEX}")
 
 
 def _print_run_summary(result) -> None:
@@ -277,15 +282,42 @@ def _print_run_summary(result) -> None:
         f"{len(result.skipped)} skipped, {result.wall_seconds:.0f} s"
     )
     click.echo(f"Run: {result.run_dir}" if result.run_dir is not None else "Run: written by the chief worker")
-    click.echo(f"Test accuracy: {result.test_accuracy:.4f}")
+    metrics = result.metrics
+    images = f", {metrics['images']} images"
+    click.echo(f"Test accuracy: {result.test_accuracy:.4f}{_with_interval(metrics, 'accuracy_ci95', images)}, "
+               f"{_macro_f1(metrics)}")
+    calibration = metrics.get("calibration")
+    if calibration:
+        click.echo(f"Calibration: temperature {calibration['temperature']:.2f} ({calibration['temperature_reason']}), "
+                   f"test ECE {calibration['ece_uncalibrated']:.3f} before, {calibration['ece']:.3f} after")
+    if result.run_dir is not None:
+        from .html_report import INDEX
+        from .run import RunFiles
+
+        click.echo(f"Report: {RunFiles(result.run_dir).report / INDEX}")
+
+
+def _with_interval(metrics: dict, key: str, suffix: str = "") -> str:
+    """' (95% CI 0.93-0.99<suffix>)', or '' for metrics without the interval."""
+    if key not in metrics:
+        return ""
+    low, high = metrics[key]
+    return f" (95% CI {low:.2f}-{high:.2f}{suffix})"
+
+
+def _macro_f1(metrics: dict) -> str:
+    return f"macro F1 {metrics['macro_avg']['f1-score']:.3f}{_with_interval(metrics, 'macro_f1_ci95')}"
 
 
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=str))
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @settings_options(CheckSettings)
+@click.option("--out", type=click.Path(dir_okay=False), default=DEFAULT_CHECK_CSV, show_default=True,
+              help="With --labels: the CSV of suspected label errors to write (replaced if it exists).")
 @_cache_dir_option
-def check(data_dir, output_format, cache_dir, **options):
+@_progress_flag
+def check(data_dir, output_format, out, cache_dir, progress, **options):
     """Report what in DATA_DIR needs attention before training, without changing anything.
 
     Images per class and imbalance; files that cannot be decoded and why; content that does
@@ -294,18 +326,74 @@ def check(data_dir, output_format, cache_dir, **options):
     when something is listed, 2 for a bad folder or option. A repeated check reuses cached
     file facts and is near-instant.
 
+    With --labels, also the images that look mislabelled (needs the weights fit would use;
+    embeds every image once, into the activation cache fit reuses), listed most suspect
+    first and written to --out.
+
     \b
     Example:
       tlearn check ./weather --format json > weather-check.json
+      tlearn check ./weather --labels --weights vgg16.weights.h5 --preprocess torch
     """
-    from .data.check import check_folder, format_check
+    settings = _settings_of(CheckSettings, options)
+    if settings["labels"]:
+        load_tensorflow_quietly()
+    from .data.check import format_check
+    from .label_issues import check as check_data
 
-    result = _call(check_folder, data_dir, cache_dir=cache_dir, **_settings_of(CheckSettings, options))
+    report = _call(check_data, data_dir, out=out, cache_dir=cache_dir, progress=progress, **settings)
     if output_format == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        found = report.data.to_dict()
+        if report.label_issues is not None:
+            found["label_issues"] = _label_issues_dict(report)
+        click.echo(json.dumps(found, indent=2))
     else:
-        click.echo(format_check(result), nl=False)
-    sys.exit(1 if result.needs_attention else 0)
+        click.echo(format_check(report.data), nl=False)
+        if report.label_issues is not None:
+            _print_skipped(report.skipped)
+            _print_label_issues(report)
+    sys.exit(1 if report.needs_attention else 0)
+
+
+_LABEL_ISSUES_SHOWN = 20  # check --labels lists this many suspects; the CSV has them all
+
+
+def _print_label_issues(report) -> None:
+    issues = report.label_issues
+    if issues.reason:
+        click.echo(f"Suspected label errors: not searched: {issues.reason}")
+        return
+    if not issues.issues:
+        click.echo(f"Suspected label errors: none among {issues.images} images ({issues.folds}-fold cross-validation)")
+        return
+    click.echo(f"Suspected label errors ({len(issues.issues)} of {issues.images} images, {issues.folds}-fold "
+               "cross-validation; score: lower = more suspect):")
+    for row in issues.rows()[:_LABEL_ISSUES_SHOWN]:
+        click.echo(f"  {row['score']}  {row['given']} -> {row['suggested']}  {row['path']}")
+    if len(issues.issues) > _LABEL_ISSUES_SHOWN:
+        click.echo(f"  ... and {len(issues.issues) - _LABEL_ISSUES_SHOWN} more")
+    click.echo(f"Written to {report.label_issues_csv}")
+
+
+def _label_issues_dict(report) -> dict:
+    issues = report.label_issues
+    return {"images": issues.images, "folds": issues.folds, "reason": issues.reason,
+            "csv": str(report.label_issues_csv), "suspects": issues.rows()}
+
+
+def _print_label_issues_line(result) -> None:
+    """fit's one line on suspected label errors, when there are any (or why none were searched)."""
+    issues = result.label_issues
+    if issues is None:
+        return
+    if issues.reason:
+        click.echo(f"Warning: label errors not searched: {issues.reason}", err=True)
+    elif issues.issues and result.run_dir is not None:
+        from .run import RunFiles
+
+        count = len(issues.issues)
+        click.echo(f"{count} image{'s' if count != 1 else ''} look{'s' if count == 1 else ''} mislabelled: "
+                   f"see {RunFiles(result.run_dir).label_issues}")
 
 
 @main.command()
@@ -344,6 +432,50 @@ def predict(images, model, models_dir, output_format, progress, **options):
             any_failed = any_failed or result.error is not None
         _write_above(bar, rows.footer())
     if any_failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model", type=click.Path(file_okay=False), help="Run directory. [default: the newest run in MODELS_DIR]")
+@_models_dir_option
+@click.option("--out", default=DEFAULT_EXPLANATIONS_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Folder the figures are written to (created if needed).")
+@settings_options(ExplainSettings)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr when it is a terminal.")
+def explain(images, model, models_dir, out, progress, **options):
+    """Show where in each of IMAGES the evidence for its predicted class lies (Grad-CAM).
+
+    IMAGES are files, folders searched recursively, or globs. Writes OUT/<image>-gradcam.jpg
+    per image: the image beside a heatmap of the evidence (red = most), from VGG16's last
+    convolution, titled with the predicted class and its probability. Exit code 1 if any
+    image could not be read (a warning says why), 2 for a bad option, run or path.
+
+    \b
+    Example:
+      tlearn explain photos/ --model models/weather --out photos-explained
+    """
+    settings = _settings_of(ExplainSettings, options)
+    load_tensorflow_quietly()
+    from tqdm.auto import tqdm
+
+    from .explanation import iter_explanations
+
+    run = _open_run(model, models_dir)
+    stream = _call(iter_explanations, list(images), model=run, out=out, **settings)
+    written = failed = 0
+    with tqdm(total=len(stream), desc="explaining", unit="img", disable=None if progress else True, leave=False) as bar:
+        for result in stream:
+            if result.error is None:
+                written += 1
+                _write_above(bar, f"{result.path}  {result.label} {result.probability:.3f}  -> {result.figure}\n")
+            else:
+                failed += 1
+                with bar.external_write_mode(file=sys.stderr):
+                    click.echo(f"Warning: skipped {result.path}: {result.error}", err=True)
+            bar.update(1)
+    click.echo(f"{written} explanation{'s' if written != 1 else ''} in {stream.out}")
+    if failed:
         sys.exit(1)
 
 

@@ -14,8 +14,11 @@ import numpy as np
 from .atomic import staging_folder
 from .data.dataset import ImageRecord, SkippedFile, scan_folder
 from .errors import TlearnError
-from .model import cut_layer_name, feature_extractor, trainable_top
-from .report import classification_metrics, format_classification_table, write_evaluation
+from .calibration import ScoredImages
+from .explanation import write_error_gallery
+from .html_report import write_html_report
+from .model import cut_layer_name, feature_extractor, temperature_of, trainable_top
+from .report import classification_metrics, format_classification_table, write_calibration_report, write_evaluation
 from .run import Run
 from .settings import DEFAULT_MODELS_DIR, EvaluateSettings, settings_from
 from .train.activations import compute_activations, run_activation_cache
@@ -71,10 +74,13 @@ def evaluate(
     if not records:
         raise TlearnError(f"no decodable images to evaluate in {data or 'the test split'}")
     labels = np.array([run.class_names.index(record.label) for record in records])
-    probabilities = predict_cached(trainable_top(model, cut), cache, records, settings.batch_size)
+    logits = predict_cached(trainable_top(model, cut), cache, records, settings.batch_size)
+    scored = ScoredImages([str(record.path) for record in records], labels, logits, temperature_of(model))
+    probabilities = scored.probabilities  # what the exported model serves
     metrics = classification_metrics(labels, probabilities, run.class_names)
-    wrong = _confidently_wrong(records, labels, probabilities, run.class_names)
-    report_dir = _write_report(run, data_name, metrics, wrong, None if data else (changed, skipped))
+    metrics["calibration"] = scored.calibration()
+    wrong = confidently_wrong(records, labels, probabilities, run.class_names)
+    report_dir = _write_report(run, model, data_name, metrics, wrong, None if data else (changed, skipped), scored)
     table = format_classification_table(metrics, run.class_names)
     return Evaluation(run.path, data_name, report_dir, metrics, table, wrong[: settings.show_wrong], ignored, skipped,
                       changed, cache.damaged)
@@ -104,24 +110,30 @@ def _records_to_evaluate(
     return records, scanned.root.resolve().name, ignored, list(scanned.skipped), []
 
 
-def _write_report(run: Run, data_name: str, metrics: dict, wrong: list[dict],
-                  split_changes: tuple[list[Path], list[SkippedFile]] | None) -> Path:
+def _write_report(run: Run, model: keras.Model, data_name: str, metrics: dict, wrong: list[dict],
+                  split_changes: tuple[list[Path], list[SkippedFile]] | None, scored: ScoredImages) -> Path:
     """The report folder, written beside and renamed into place, replacing an earlier one.
 
     `split_changes` (on the test split): its files changed since fit, and those skipped."""
     report_dir = run.files.evaluation(data_name)
     with staging_folder(run.files.report) as staging:
-        write_evaluation(metrics, run.class_names, staging, f"{data_name}, {run.last_stage.name} model")
+        title = f"{data_name}, {run.last_stage.name} model"
+        write_evaluation(metrics, run.class_names, staging, title)
+        write_calibration_report(scored, run.class_names, staging, title)
         _write_wrong_csv(staging / "confidently_wrong.csv", wrong)
+        write_error_gallery(model, wrong, staging)
         if split_changes is not None:
             _write_changes_csv(staging / "changed_since_fit.csv", *split_changes)
+        write_html_report(staging, run.files, run.metadata, evaluated=data_name,  # last: it shows all the above
+                          title=f"{run.data_dir.name}: evaluated on {data_name} ({run.last_stage.name} model)")
         if report_dir.exists():
             shutil.rmtree(report_dir)
         os.rename(staging, report_dir)
     return report_dir
 
 
-def _confidently_wrong(records: list[ImageRecord], labels, probabilities, class_names) -> list[dict]:
+def confidently_wrong(records: list[ImageRecord], labels, probabilities, class_names) -> list[dict]:
+    """Rows (path, true, predicted, probability) of the wrongly classified records, most confident first."""
     predicted = probabilities.argmax(axis=1)
     wrong = [i for i in np.argsort(-probabilities.max(axis=1)) if predicted[i] != labels[i]]
     return [

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from .data.files import file_sha256
@@ -18,6 +19,7 @@ from .data.images import RESIZE
 from .errors import TlearnError
 
 BASE_NAME = "vgg16"
+PROBABILITIES = "probabilities"  # the output layer's name, in every version of the model
 # Per-channel statistics each weight source was trained with (RGB order).
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
@@ -49,6 +51,26 @@ class ImagePreprocessing(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="tlearn")
+class TemperatureSoftmax(layers.Layer):
+    """softmax(logits / temperature): the classifier's calibrated probabilities.
+
+    The temperature is a weight, so model.keras and the SavedModel carry it; it is not
+    trained (1.0 until `set_temperature`, see calibration.py), and float32 under any policy.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**{"dtype": "float32", **kwargs})
+
+    def build(self, input_shape):
+        self.temperature = self.add_weight(
+            shape=(), initializer="ones", trainable=False, dtype="float32", name="temperature"
+        )
+
+    def call(self, logits):
+        return keras.ops.softmax(keras.ops.cast(logits, "float32") / self.temperature, axis=-1)
 
 
 def weights_identity(weights: str, seed: int) -> str:
@@ -102,7 +124,8 @@ def build_classifier(
     dense_units: int = 256,
     dropout: float = 0.5,
 ) -> keras.Model:
-    """pixels -> resize -> preprocess -> frozen VGG16 -> pooling -> Dense/ReLU/Dropout -> softmax."""
+    """pixels -> resize -> preprocess -> frozen VGG16 -> pooling -> Dense/ReLU/Dropout -> logits
+    -> softmax(logits / temperature), the output layer named `probabilities`."""
     base = build_base(weights, image_size)
     base.trainable = False
     pixels = keras.Input((None, None, 3), name="pixels")
@@ -114,9 +137,19 @@ def build_classifier(
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    # float32 even under mixed precision, so probabilities are never float16
-    probabilities = layers.Dense(len(class_names), activation="softmax", dtype="float32", name="probabilities")(x)
+    # float32 even under mixed precision, so neither logits nor probabilities are float16
+    logits = layers.Dense(len(class_names), dtype="float32", name="logits")(x)
+    probabilities = TemperatureSoftmax(name=PROBABILITIES)(logits)
     return keras.Model(pixels, probabilities, name="tlearn_classifier")
+
+
+def set_temperature(model: keras.Model, temperature: float) -> None:
+    """Build `temperature` into the classifier's probabilities (see calibration.fit_temperature)."""
+    model.get_layer(PROBABILITIES).temperature.assign(float(temperature))
+
+
+def temperature_of(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.get_layer(PROBABILITIES).temperature))
 
 
 def base_of(model: keras.Model) -> keras.Model:
@@ -168,7 +201,8 @@ def feature_extractor(model: keras.Model, cut: str | list[str]) -> keras.Model:
 
 
 def trainable_top(model: keras.Model, cut: str) -> keras.Model:
-    """The part above `cut`, sharing the model's layers: training it trains the model."""
+    """The part above `cut` up to the logits, sharing the model's layers: training it trains
+    the model. It leaves out the temperature softmax, which is fitted after training."""
     base = base_of(model)
     names = [layer.name for layer in base.layers]
     activations = keras.Input(base.get_layer(cut).output.shape[1:], name=f"{cut}_activations")
@@ -177,8 +211,22 @@ def trainable_top(model: keras.Model, cut: str) -> keras.Model:
         x = layer(x, training=False) if isinstance(layer, layers.BatchNormalization) else layer(x)
     head = model.layers[[layer.name for layer in model.layers].index(BASE_NAME) + 1 :]
     for layer in head:
+        if layer.name == PROBABILITIES:
+            break
         x = layer(x)
     return keras.Model(activations, x, name=f"top_from_{cut}")
+
+
+def classifier_weights(loaded: keras.Model) -> list:
+    """The weights of a loaded classifier in the order of the current architecture.
+
+    Runs made before temperature scaling end in a softmax Dense named `probabilities`: its
+    kernel and bias are the logits layer's now, and their temperature is 1 (uncalibrated).
+    """
+    weights = loaded.get_weights()
+    if isinstance(loaded.get_layer(PROBABILITIES), layers.Dense):
+        weights.append(np.ones((), np.float32))
+    return weights
 
 
 def load_classifier(path: Path) -> keras.Model:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Generic, Iterator, TypeVar
 
 import numpy as np
 
@@ -58,21 +58,28 @@ def _looks_like_image(path: Path) -> bool:
         return False
 
 
-class PredictionStream:
-    """Predictions of `paths`, in order, made batch by batch as they are iterated over.
+Row = TypeVar("Row")
+
+
+class ImageStream(Generic[Row]):
+    """One row per image of `paths`, in order, made batch by batch as they are iterated over.
 
     Iterate once; `len()` is the number of images, known before any is decoded.
     """
 
-    def __init__(self, paths: list[Path], rows: Iterator[Prediction]):
+    def __init__(self, paths: list[Path], rows: Iterator[Row]):
         self.paths = paths
         self._rows = rows
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __iter__(self) -> Iterator[Prediction]:
+    def __iter__(self) -> Iterator[Row]:
         return self._rows
+
+
+class PredictionStream(ImageStream[Prediction]):
+    """Predictions of `paths`, in order, made batch by batch as they are iterated over."""
 
 
 def iter_predictions(

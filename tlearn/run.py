@@ -41,6 +41,7 @@ class RunFiles:
     report = property(lambda self: self.root / "report")
     data_check_json = property(lambda self: self.root / "data_check.json")
     data_check_text = property(lambda self: self.root / "data_check.txt")
+    label_issues = property(lambda self: self.root / "label_issues.csv")  # fit's; finetune keeps it
 
     def stage(self, name: str) -> Path:
         """Where an earlier stage's artifacts go once a later stage replaces them."""
@@ -109,10 +110,10 @@ class Run:
         Building anew (rather than using the loaded model as is) lets each stage choose its
         own precision; model.keras is read in safe mode, so the file cannot run code.
         """
-        from .model import load_classifier
+        from .model import classifier_weights, load_classifier
 
         model = self.spec.build()
-        model.set_weights(load_classifier(self.files.model).get_weights())
+        model.set_weights(classifier_weights(load_classifier(self.files.model)))
         return model
 
     def read_split(self, data_dir: str | Path | None = None, subsets: tuple[str, ...] | None = None) -> CheckedSplit:
@@ -188,6 +189,12 @@ class Run:
         from .prediction import predict
 
         return predict(images, model=self, **settings)
+
+    def explain(self, images, **settings):
+        """`tlearn.explain` with this run's model; see there for the settings."""
+        from .explanation import explain
+
+        return explain(images, model=self, **settings)
 
 
 def load_model(run: str | Path | Run | None = None, models_dir: str | Path = DEFAULT_MODELS_DIR) -> keras.Model:

@@ -21,6 +21,12 @@ CACHE_ENV = "TLEARN_CACHE_DIR"
 WORKER_TIMEOUT_ENV = "TLEARN_WORKER_TIMEOUT"
 
 DEFAULT_MODELS_DIR = "models"
+# check --labels writes its CSV here, in the current folder: never into the data folder it checks.
+DEFAULT_CHECK_CSV = "label_issues.csv"
+# Beside where the command runs, like models/: a run directory holds what fit and finetune
+# wrote (a later stage would leave explanations of an earlier model in it), and may be shared
+# or read-only.
+DEFAULT_EXPLANATIONS_DIR = "explanations"
 AUGMENT_STRENGTHS = ("none", "light", "medium", "strong")
 PREPROCESS_MODES = ("caffe", "torch")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
@@ -165,7 +171,8 @@ class CheckSettings:
     """Settings of `tlearn check` (fit runs the same check with its own image size and threshold)."""
 
     image_size: int = setting(FitSettings.image_size, "Training size: images under half of it on a side are "
-                                                       "reported as tiny.")
+                                                       "reported as tiny; with --labels, also the size they are "
+                                                       "embedded at (as fit's).")
     near_threshold: int = setting(FitSettings.near_threshold, "How many of 256 hash bits a near-duplicate may "
                                                                "differ in; -1 = no near-duplicate search.")
     max_aspect_ratio: float = setting(3.0, "Images longer than this many times their width (or the reverse) are "
@@ -174,9 +181,19 @@ class CheckSettings:
     # an image is rare in a photo dataset, and a full decode of one (~3 bytes a pixel) costs
     # 150 MB and more of memory and seconds of CPU in every command that reads it.
     max_megapixels: float = setting(50.0, "Images with more megapixels than this are reported as very large.")
+    # Needs the network, so it is asked for: without it, check reads files only (no TensorFlow).
+    labels: bool = setting(False, "Also rank suspected label errors: embed every usable image with the frozen base "
+                                  "(into the activation cache fit uses, so a later fit reuses it) and flag those "
+                                  "whose folder a cross-validated model disagrees with.")
+    weights: str | None = _like(FitSettings, "weights", None)
+    preprocess: str | None = _like(FitSettings, "preprocess", None)
 
     def __post_init__(self) -> None:
         _check_image_size(self.image_size)
+        if self.labels:  # only --labels reads the weights: a plain check must not fail on $TLEARN_WEIGHTS
+            weights, preprocess = resolve_weights(self.weights, self.preprocess)
+            object.__setattr__(self, "weights", weights)
+            object.__setattr__(self, "preprocess", preprocess)
         _check_near_threshold(self.near_threshold)
         if not self.max_aspect_ratio >= 1:
             raise TlearnError(f"--max-aspect-ratio must be at least 1, got {self.max_aspect_ratio}")
@@ -205,6 +222,21 @@ class PredictSettings:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "top_k", "batch_size")
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """Settings of `tlearn explain`."""
+
+    # Small: each image keeps its block5_conv3 activations and their gradients for the pass.
+    batch_size: int = setting(8, "Images per batch through the network.")
+    # Enough colour to read the heatmap, enough image to see what it lies on.
+    alpha: float = setting(0.4, "Opacity of the heatmap over the image, 0 to 1.")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size")
+        if not 0 <= self.alpha <= 1:
+            raise TlearnError(f"--alpha must be between 0 and 1, got {self.alpha}")
 
 
 EXPORT_FORMATS = ("litert", "onnx")

@@ -49,7 +49,8 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
 def train_top(
     top: keras.Model, train: tuple, validation: tuple, *, epochs: int, patience: int, lr: float, progress: bool = True
 ) -> tuple[dict[str, list[float]], int]:
-    """Adam, best validation loss restored at the end; call it in the strategy's scope.
+    """Adam on the cross-entropy of `top`'s logits, best validation loss restored at the end;
+    call it in the strategy's scope.
 
     `train` is (dataset, steps per epoch) of (activations, labels, sample weights) and
     `validation` (dataset, steps) of (activations, labels): endless datasets, as
@@ -59,7 +60,7 @@ def train_top(
     """
     top.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="sparse_categorical_crossentropy",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),  # `top` ends at the logits
         metrics=["accuracy"],
     )
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -21,16 +21,23 @@ import tensorflow as tf
 from .. import __version__
 from ..atomic import write_json_atomically, write_text_atomically
 from ..augment import build_augmenter, write_augmentation_preview
+from ..calibration import ScoredImages, choose_temperature
 from ..data.check import format_check
 from ..data.dataset import ImageRecord, ScannedFolder, SkippedFile, check_for_training, scan_folder
 from ..data.images import UnreadableImage, load_rgb
 from ..data.split import SUBSETS, classes_missing_from_subsets, split_records, write_split_csv
 from ..distribute import Distribution, make_distribution
 from ..errors import TlearnError
+from ..evaluation import confidently_wrong
+from ..explanation import write_error_gallery
 from ..export import export_classifier
-from ..model import cut_layer_name, feature_extractor, set_trainable_top, trainable_top, weights_identity
+from ..html_report import write_html_report
+from ..label_issues import LabelIssues, suspected_label_errors, write_label_issues_csv
+from ..model import (
+    cut_layer_name, feature_extractor, set_temperature, set_trainable_top, trainable_top, weights_identity,
+)
 from ..precision import apply_precision_policy
-from ..report import classification_metrics, write_evaluation, write_history
+from ..report import classification_metrics, write_calibration_report, write_evaluation, write_history
 from ..metadata import ModelSpec, RunMetadata, SplitRecord, StageRecord
 from ..run import Run, RunFiles, RunWriter, check_out_is_free
 from ..settings import DEFAULT_MODELS_DIR, FinetuneSettings, FitSettings, TrainingSettings, settings_from
@@ -59,6 +66,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)  # fit: one line each (classes with few images, ...)
     changed: list[Path] = field(default_factory=list)  # finetune: split images changed since fit, used as they are now
     damaged_cache_entries: list[Path] = field(default_factory=list)  # found damaged, dropped and recomputed
+    label_issues: LabelIssues | None = None  # fit: suspected label errors, in run_dir/label_issues.csv
 
 
 @dataclass
@@ -69,6 +77,7 @@ class _StageOutcome:
     subsets: dict[str, list[ImageRecord]]
     skipped: list[SkippedFile]
     damaged_cache_entries: list[Path]
+    scored: ScoredImages  # the test split's logits and the fitted temperature
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -115,15 +124,19 @@ def fit(
     )
     with distribution.scope():  # variables must be created under the strategy that trains them
         model = spec.build(settings.weights)
-    caches = _fit_caches(model, spec, settings, policy, cache_dir)
+    caches = fit_caches(model, spec, settings, policy, cache_dir)
     augmenter = build_augmenter(settings.augment, settings.seed) if settings.views > 1 or settings.preview_augment else None
     outcome = _train_stage(model, caches, subsets, spec.class_names, distribution, settings, augmenter, settings.seed, progress)
+    # From the activations just cached, read back, not recomputed: seconds, beside minutes of embedding.
+    split_images = [record for name in SUBSETS for record in outcome.subsets[name]]
+    label_issues = suspected_label_errors(split_images, next(iter(caches.values())), spec.class_names,
+                                          seed=settings.seed, gather=distribution.gather)
     stage = _stage_record("fit", settings, next(iter(caches)), outcome, started, policy, distribution)
-    run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter,
+    run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter, label_issues,
                            publish=distribution.is_chief)
     return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics, outcome.sizes,
                      scanned.skipped + outcome.skipped, stage.wall_seconds, scanned.check.summary(), warnings,
-                     damaged_cache_entries=outcome.damaged_cache_entries)
+                     damaged_cache_entries=outcome.damaged_cache_entries, label_issues=label_issues)
 
 
 def finetune(
@@ -163,14 +176,17 @@ def finetune(
     name = "finetune" if "finetune" not in names else f"finetune-{len(names)}"
     stage = _stage_record(name, settings, cut, outcome, started, policy, distribution)
     with RunWriter(run.path, publish=distribution.is_chief) as writer:
-        _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome.metrics, run.class_names)
+        _write_stage(writer.files, model, [*run.metadata.stages, stage], outcome, run.class_names)
+        staged = replace(run.metadata, stages=[*run.metadata.stages, stage])
+        write_html_report(writer.files.report, run.files, staged, title=_report_title(staged))  # last: it shows all the above
         published = writer.publish_stage(run, stage, _as_json(skipped))
     return RunResult(published, name, outcome.metrics["accuracy"], outcome.metrics, outcome.sizes, skipped,
                      stage.wall_seconds, changed=split.changed, damaged_cache_entries=outcome.damaged_cache_entries)
 
 
 def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, settings: FitSettings, model,
-                 outcome: _StageOutcome, stage: StageRecord, augmenter, *, publish: bool) -> Path | None:
+                 outcome: _StageOutcome, stage: StageRecord, augmenter, label_issues: LabelIssues, *,
+                 publish: bool) -> Path | None:
     """Write the new run in a staging folder and rename it into place; returns where it went."""
     skipped = scanned.skipped + outcome.skipped
     layout = scanned.check.layout
@@ -182,18 +198,20 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
         _versions(), __version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     with RunWriter(Path(out).parent if out is not None else models_dir, publish=publish) as writer:
-        _write_stage(writer.files, model, metadata.stages, outcome.metrics, spec.class_names)
+        _write_stage(writer.files, model, metadata.stages, outcome, spec.class_names)
         write_split_csv(writer.files.split, scanned.root, outcome.subsets, skipped)
         write_json_atomically(writer.files.data_check_json, scanned.check.to_dict())
         write_text_atomically(writer.files.data_check_text, format_check(scanned.check))
+        write_label_issues_csv(writer.files.label_issues, label_issues)
         if settings.preview_augment and augmenter is not None:
             _write_augmentation_preview(outcome.subsets["train"], spec.class_names, augmenter, spec.image_size,
                                         writer.files.report / "augmentation.png")
         write_json_atomically(writer.files.metadata, metadata.to_json())
+        write_html_report(writer.files.report, writer.files, metadata, title=_report_title(metadata))  # last: it shows all the above
         return writer.publish_new(out, models_dir, scanned.root.resolve().name)
 
 
-def _fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache_dir) -> dict[str, ActivationCache]:
+def fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache_dir) -> dict[str, ActivationCache]:
     """cut layer -> cache: fit's own cut first and, with `finetune_cache`, finetune's default cut.
 
     finetune's cut lies on the way to fit's: storing its activations from the same pass spares
@@ -234,14 +252,29 @@ def _train_stage(
                 top, distribution.prepare_batches(train), distribution.prepare_batches(validation),
                 epochs=settings.epochs, patience=settings.patience, lr=settings.lr, progress=progress,
             )
-        test = subsets["test"]
-        probabilities = distribution.map_shards(
-            len(test), lambda owned: predict_cached(top, cache, [test[i] for i in owned], settings.batch_size)
-        )
-    metrics = classification_metrics(labels["test"], probabilities, class_names)
+        scored = _calibrate(model, top, cache, subsets, labels, settings.batch_size, distribution)
+    metrics = classification_metrics(labels["test"], scored.probabilities, class_names)
+    metrics["calibration"] = scored.calibration()
     damaged = [path for each in caches.values() for path in each.damaged]
     return _StageOutcome(history, best_epoch, metrics, subsets, sorted(skipped, key=lambda item: str(item.path)),
-                         damaged)
+                         damaged, scored)
+
+
+def _calibrate(model: keras.Model, top: keras.Model, cache: ActivationCache, subsets: dict[str, list[ImageRecord]],
+               labels: dict[str, np.ndarray], batch_size: int, distribution: Distribution) -> ScoredImages:
+    """Choose the temperature from the validation split's logits and build it into `model`;
+    returns the test split's logits with it. Call it in the strategy's scope."""
+
+    def logits_of(records: list[ImageRecord]) -> np.ndarray:
+        return distribution.map_shards(
+            len(records), lambda owned: predict_cached(top, cache, [records[i] for i in owned], batch_size)
+        )
+
+    choice = choose_temperature(logits_of(subsets["validation"]), labels["validation"])
+    set_temperature(model, choice.temperature)
+    test = subsets["test"]
+    return ScoredImages([str(record.path) for record in test], labels["test"], logits_of(test), choice.temperature,
+                        choice)
 
 
 def _embed_split(extractor, caches, subsets, settings: TrainingSettings, augmenter, progress: bool,
@@ -277,11 +310,22 @@ def _stage_record(name: str, settings: TrainingSettings, cut: str, outcome: _Sta
     )
 
 
-def _write_stage(files: RunFiles, model, stages: list[StageRecord], metrics: dict, class_names: list[str]) -> None:
-    """What every stage writes: the export, its test report and the curves of all stages so far."""
+def _write_stage(files: RunFiles, model, stages: list[StageRecord], outcome: _StageOutcome,
+                 class_names: list[str]) -> None:
+    """What every stage writes: the export, its test report (with calibration and the gallery
+    of its worst errors) and the curves of all stages so far."""
     export_classifier(model, class_names, files)
-    write_evaluation(metrics, class_names, files.report, f"test split, after {stages[-1].name}")
+    title = f"test split, after {stages[-1].name}"
+    write_evaluation(outcome.metrics, class_names, files.report, title)
+    write_calibration_report(outcome.scored, class_names, files.report, title)
     write_history(stages, files.report)
+    scored = outcome.scored  # in the order of the test split
+    wrong = confidently_wrong(outcome.subsets["test"], scored.labels, scored.probabilities, class_names)
+    write_error_gallery(model, wrong, files.report)
+
+
+def _report_title(metadata: RunMetadata) -> str:
+    return f"{Path(metadata.data_dir).name}: test split after {metadata.stages[-1].name}"
 
 
 def _write_augmentation_preview(train, class_names, augmenter, image_size, path: Path) -> None:
