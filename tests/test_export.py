@@ -54,6 +54,19 @@ def test_each_format_and_quantization_is_exported_and_verified(exported_run, for
     assert [p.name for p in exported.parent.iterdir() if p.name.startswith(".")] == []  # nothing staged left
 
 
+def test_int8_litert_leaves_the_preprocessing_in_float_and_the_convolutions_in_int8(exported_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = exported_run / "export" / "model_int8.tflite"
+    if not path.exists():
+        assert run_cli("export", exported_run, "--quantize", "int8", "--representative-images", "12").exit_code == 0
+    tensors = Interpreter(model_path=str(path)).get_tensor_details()
+    preprocessing = [t["dtype"] for t in tensors if "/preprocess" in t["name"]]
+    convolutions = [t["dtype"] for t in tensors if "block3_conv1" in t["name"] and "Relu" in t["name"]]
+    assert np.float32 in preprocessing and np.int8 not in preprocessing  # (an int32 axis constant aside)
+    assert convolutions and set(convolutions) == {np.int8}
+
+
 def _probabilities(model, paths):
     return np.array([[item["probability"] for item in sorted(p.top_k, key=lambda i: i["label"])]
                      for p in predict(paths, model=model, top_k=3)])
