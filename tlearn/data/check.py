@@ -16,6 +16,7 @@ import numpy as np
 from ..settings import FEW_IMAGES_PER_CLASS, CheckSettings, FitSettings, default_cache_root, settings_from
 from .files import FileFacts, inspect_files
 from .layout import DataLayout, find_layout
+from .near_duplicates import hamming_pairs
 
 # A near-duplicate differs in at most --near-threshold of the 256 gradient bits and, on
 # average, in at most NEAR_COLOUR_DIFFERENCE of 255 per colour thumbnail pixel: on the weather
@@ -324,6 +325,10 @@ def _near_duplicate_groups(paths, facts, threshold: int) -> list[list[Path]]:
         return []
     hashes = np.stack([np.frombuffer(bytes.fromhex(facts[p].dhash), np.uint8) for p in paths])
     colours = np.stack([np.frombuffer(bytes.fromhex(facts[p].colours), np.uint8) for p in paths]).astype(np.int16)
+    pairs = hamming_pairs(hashes, threshold)  # exact, without comparing every pair (near_duplicates.py)
+    first, second = pairs[:, 0], pairs[:, 1]
+    shas = np.array([facts[p].sha256 for p in paths])
+    alike = np.abs(colours[first] - colours[second]).mean(axis=1) <= NEAR_COLOUR_DIFFERENCE
     parent = list(range(len(paths)))
 
     def find(index):
@@ -332,14 +337,8 @@ def _near_duplicate_groups(paths, facts, threshold: int) -> list[list[Path]]:
             index = parent[index]
         return index
 
-    for i in range(len(paths) - 1):  # row by row: memory stays O(n), not O(n^2) bytes x 32
-        distances = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]).sum(axis=1)
-        for offset in np.nonzero(distances <= threshold)[0]:
-            j = i + 1 + int(offset)
-            if facts[paths[i]].sha256 == facts[paths[j]].sha256:
-                continue  # exact duplicates are reported on their own
-            if np.abs(colours[i] - colours[j]).mean() <= NEAR_COLOUR_DIFFERENCE:
-                parent[find(i)] = find(j)
+    for i, j in pairs[alike & (shas[first] != shas[second])].tolist():  # exact copies: reported apart
+        parent[find(i)] = find(j)
     groups: dict[int, list[Path]] = defaultdict(list)
     for index, path in enumerate(paths):
         groups[find(index)].append(path)
