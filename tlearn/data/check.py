@@ -7,6 +7,7 @@ that `fit` runs, cost almost nothing.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,11 +159,33 @@ def check_cache_file(root: Path, cache_dir: str | Path | None = None) -> Path:
 
 
 def visible_files(folder: Path) -> list[Path]:
-    """Files under `folder`, recursively, leaving out hidden files and folders."""
-    return sorted(
-        path for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    """Files under `folder`, recursively, leaving out hidden files and folders, in path order.
+
+    As `folder.rglob("*")` filtered by `is_file` lists them (symlinked folders are not entered,
+    symlinked files are listed, unreadable folders are passed over), but from one directory
+    listing each: no stat a file, which on 30,000 files was most of a repeated check's time.
+    """
+    found, pending = [], [str(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if _is(entry.is_dir, follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif _is(entry.is_file):
+                        found.append(entry.path)
+        except PermissionError:
+            continue
+    return [Path(path) for path in sorted(found, key=lambda path: path.split(os.sep))]  # as Paths sort
+
+
+def _is(test, **options) -> bool:
+    try:
+        return test(**options)
+    except OSError:  # as pathlib: a file that cannot be looked at is neither
+        return False
 
 
 def check_folder(
