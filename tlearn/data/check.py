@@ -197,6 +197,7 @@ def check_folder(
     max_megapixels: float = CheckSettings.max_megapixels,
     min_classes: int = 2,
     cache_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> DataCheck:
     """Scan `data_dir` and report what needs attention.
 
@@ -205,7 +206,8 @@ def check_folder(
     `image_size` is the training size: images under half of it on a side are `tiny`.
     `near_threshold` is how many of 256 hash bits a near-duplicate may differ in (negative:
     no near-duplicate search). Images over `max_megapixels` are `very_large`. File facts are
-    cached in `cache_dir` (default $TLEARN_CACHE_DIR or ~/.cache/tlearn).
+    cached in `cache_dir` (default $TLEARN_CACHE_DIR or ~/.cache/tlearn); files not yet in it
+    are read on all cores, with a progress bar on stderr (when a terminal) if `progress`.
     """
     settings = settings_from(CheckSettings, locals())
     root = Path(data_dir)
@@ -216,7 +218,7 @@ def check_folder(
             labels[path] = folder.name
             if folder.subset:
                 given[path] = folder.subset
-    facts = inspect_files(list(labels), check_cache_file(root, cache_dir))
+    facts = inspect_files(list(labels), check_cache_file(root, cache_dir), progress=progress)
     found = _file_findings(facts, settings)
 
     usable = [path for path in facts if facts[path].usable]
