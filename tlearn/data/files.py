@@ -125,7 +125,8 @@ def inspect_files(paths: list[Path], cache_file: Path | None = None, workers: in
                   progress: bool = False) -> dict[Path, FileFacts]:
     """Facts for every path, in the order given; entries in `cache_file` whose size and mtime
     still match are reused, the rest are read in `workers` processes (default: the cores this
-    process may use, at most MAX_WORKERS). `progress` shows a bar on stderr, when it is a terminal, while files are read.
+    process may use, at most MAX_WORKERS). `progress` shows a bar on stderr while files are
+    read, when stderr is a terminal.
     """
     cached = _read_cache(cache_file)
     facts: dict[Path, FileFacts] = {}
@@ -159,20 +160,20 @@ def _inspect_all(todo: list[Path], workers: int, progress: bool) -> list[FileFac
     in threads for a few files, one core, or where processes cannot be started."""
     with tqdm(total=len(todo), desc="reading files", unit="file", disable=None if progress else True,
               leave=False) as bar:
+        # not with TensorFlow loaded: a process forked from its threads can deadlock, and fit,
+        # the one caller that has it loaded, spends far longer embedding than reading files
         if workers > 1 and len(todo) >= PROCESS_POOL_MIN_FILES and "tensorflow" not in sys.modules:
             try:
                 return _in_processes(todo, workers, bar)
-            except (OSError, ValueError, BrokenProcessPool):  # no fork here, no processes (a sandbox), a worker killed
+            except (OSError, ValueError, BrokenProcessPool):  # no fork, no processes (a sandbox), a worker killed
                 bar.reset()
         with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:  # threads overlap reads from slow disks
             return [_counted(facts, bar) for facts in pool.map(inspect_file, todo)]
 
 
 def _in_processes(todo: list[Path], workers: int, bar: tqdm) -> list[FileFacts]:
-    # Forked: workers start at once with everything imported and never re-run the caller's
-    # script (spawn and forkserver import its __main__ again). Only without TensorFlow (see
-    # _inspect_all): a process forked from TensorFlow's threads can deadlock, and fit, the one
-    # caller with TensorFlow loaded, then spends far longer embedding than reading files.
+    # Forked: workers start at once with everything imported, and never run the caller's
+    # script again as spawn and forkserver do (they import its __main__ in every worker).
     context = multiprocessing.get_context("fork")
     chunk = max(1, min(64, len(todo) // (workers * 8)))  # few round trips, yet an even share each
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:

@@ -201,7 +201,8 @@ def _expand(queries: np.ndarray, starts: np.ndarray, counts: np.ndarray, order: 
 def _within(words: np.ndarray, first: np.ndarray, second: np.ndarray, threshold: int) -> np.ndarray:
     """The candidate pairs whose whole hashes differ in at most `threshold` bits, as (low, high) rows."""
     # the last word alone first: it rules out most random candidates (over a third of its 64
-    # bits differ) for a quarter of the work; parts are matched from the first bits onward
+    # bits differ) for a quarter of the work; the parts start at the first bit, so it is the least
+    # likely to have matched already
     close = np.bitwise_count(words[first, -1] ^ words[second, -1]) <= threshold
     first, second = first[close], second[close]
     distances = np.bitwise_count(words[first] ^ words[second]).sum(axis=1, dtype=np.uint16)
