@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/scale.py                  # every part, the issue's sizes
     PYTHONPATH=. python benchmarks/scale.py --only check     # `tlearn check` on a 30,060-image folder
+    PYTHONPATH=. python benchmarks/scale.py --only check --baseline ../main   # ... and main's, side by side
     PYTHONPATH=. python benchmarks/scale.py --only index     # near-duplicate search on 1,000,000 hashes
 
 Parts (each a function `bench_<part>(args) -> list[Row]`; add one to BENCHMARKS to add a part):
@@ -108,20 +109,23 @@ def bench_check(args: argparse.Namespace) -> list[Row]:
     total = args.images + args.copies
     rows = [Row("check", "folder", f"{total:,} JPEGs", f"{args.images:,} of 48 px in 3 classes + {args.copies} "
                                                         f"resized copies (made or reused in {made:.0f} s)")]
-    with tempfile.TemporaryDirectory(prefix="tlearn-scale-cache-") as cache:
-        for run in ("first", "repeated"):
-            seconds, peak, report = _timed_check(root, Path(cache))
-            groups = {frozenset(Path(root, p) for p in group) for group in report["near_duplicates"]}
-            found = sum(any({a, b} <= group for group in groups) for a, b in planted)
-            rows.append(Row("check", f"check, {run}", f"{seconds:.1f} s",
-                            f"peak RSS {peak / 2**20:.0f} MiB; planted copies found {found}/{len(planted)}; "
-                            f"near-duplicate groups {len(groups)}"))
+    checkouts = [("", REPO)] + ([(f" ({args.baseline.name})", args.baseline)] if args.baseline else [])
+    for label, checkout in checkouts:
+        with tempfile.TemporaryDirectory(prefix="tlearn-scale-cache-") as cache:
+            for run in ("first", "repeated"):
+                seconds, peak, report = _timed_check(root, Path(cache), checkout)
+                groups = {frozenset(Path(root, p) for p in group) for group in report["near_duplicates"]}
+                found = sum(any({a, b} <= group for group in groups) for a, b in planted)
+                rows.append(Row("check", f"check, {run}{label}", f"{seconds:.1f} s",
+                                f"peak RSS {peak / 2**20:.0f} MiB; planted copies found {found}/{len(planted)}; "
+                                f"near-duplicate groups {len(groups)}"))
     return rows
 
 
-def _timed_check(root: Path, cache: Path) -> tuple[float, int, dict]:
-    """(wall seconds, peak RSS in bytes of the largest process, the JSON report) of one `tlearn check`."""
-    environment = {**os.environ, "TLEARN_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+def _timed_check(root: Path, cache: Path, checkout: Path) -> tuple[float, int, dict]:
+    """(wall seconds, peak RSS in bytes of the largest process, the JSON report) of one
+    `tlearn check`, run from the tlearn in `checkout`."""
+    environment = {**os.environ, "TLEARN_CACHE_DIR": str(cache), "PYTHONPATH": str(checkout)}
     with tempfile.TemporaryFile() as output:
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "tlearn", "check", str(root), "--format", "json",
@@ -191,6 +195,8 @@ def main() -> None:
                         help="Where the synthetic folders are made (and reused when complete).")
     parser.add_argument("--images", type=int, default=30_000, help="check: distinct images in the folder.")
     parser.add_argument("--copies", type=int, default=60, help="check: planted resized copies.")
+    parser.add_argument("--baseline", type=Path,
+                        help="check: also time `tlearn check` from this tlearn checkout (e.g. main's), side by side.")
     parser.add_argument("--hashes", type=int, default=1_000_000, help="index: random hashes.")
     parser.add_argument("--pairs", type=int, default=1_000, help="index: planted near-duplicate pairs.")
     parser.add_argument("--threshold", type=int, default=24, help="index: bits a near-duplicate may differ in.")

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..atomic import write_text_atomically
 from .images import TRUNCATED, UnreadableImage, open_image, unreadable_reason
@@ -158,6 +157,8 @@ def default_workers() -> int:
 def _inspect_all(todo: list[Path], workers: int, progress: bool) -> list[FileFacts]:
     """`inspect_file` of each path, in order: in worker processes (decoding holds the GIL), or
     in threads for a few files, one core, or where processes cannot be started."""
+    from tqdm.auto import tqdm  # here: a tenth of a second that a repeated check, with nothing to read, saves
+
     with tqdm(total=len(todo), desc="reading files", unit="file", disable=None if progress else True,
               leave=False) as bar:
         # not with TensorFlow loaded: a process forked from its threads can deadlock, and fit,
@@ -171,7 +172,7 @@ def _inspect_all(todo: list[Path], workers: int, progress: bool) -> list[FileFac
             return [_counted(facts, bar) for facts in pool.map(inspect_file, todo)]
 
 
-def _in_processes(todo: list[Path], workers: int, bar: tqdm) -> list[FileFacts]:
+def _in_processes(todo: list[Path], workers: int, bar) -> list[FileFacts]:
     # Forked: workers start at once with everything imported, and never run the caller's
     # script again as spawn and forkserver do (they import its __main__ in every worker).
     context = multiprocessing.get_context("fork")
@@ -180,7 +181,7 @@ def _in_processes(todo: list[Path], workers: int, bar: tqdm) -> list[FileFacts]:
         return [_counted(facts, bar) for facts in pool.map(inspect_file, todo, chunksize=chunk)]
 
 
-def _counted(facts: FileFacts, bar: tqdm) -> FileFacts:
+def _counted(facts: FileFacts, bar) -> FileFacts:
     bar.update()
     return facts
 
