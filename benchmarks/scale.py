@@ -129,7 +129,8 @@ def _timed_check(root: Path, cache: Path, checkout: Path) -> tuple[float, int, d
     with tempfile.TemporaryFile() as output:
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, "-m", "tlearn", "check", str(root), "--format", "json",
-                                    "--no-progress"], stdout=output, env=environment)
+                                    "--no-progress"], stdout=output, env=environment,
+                                   cwd=checkout)  # python -m puts the working folder first on the path
         _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, its pool included
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
