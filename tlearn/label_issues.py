@@ -232,7 +232,8 @@ def check(
 
     settings = settings_from(CheckSettings, locals())
     data = check_folder(data_dir, image_size=image_size, near_threshold=near_threshold,
-                        max_aspect_ratio=max_aspect_ratio, max_megapixels=max_megapixels, cache_dir=cache_dir)
+                        max_aspect_ratio=max_aspect_ratio, max_megapixels=max_megapixels, cache_dir=cache_dir,
+                        progress=progress)
     if not settings.labels:
         return CheckReport(data)
     issues, skipped = _folder_label_issues(data_dir, settings, cache_dir, progress)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,11 +27,16 @@ from ..atomic import write_text_atomically
 from .images import TRUNCATED, UnreadableImage, open_image, unreadable_reason
 
 _CACHE_VERSION = 4  # bump when FileFacts or how it is computed changes
-# A full decode costs ~3 bytes a pixel and check decodes 8 files at once: a 12,000 x 12,000
+# A full decode costs ~3 bytes a pixel and check decodes up to 8 files at once: a 12,000 x 12,000
 # PNG (420 KB on disk) took check to 1.3 GB. Larger pictures keep their header facts and
 # content hash, a PNG's chunks are still checked for truncation, and check reports them
 # as very large; they only miss the near-duplicate search.
 MAX_FINGERPRINT_PIXELS = 50_000_000
+# Fewer files than this are read in threads: starting worker processes (a few tenths of a
+# second) would cost more than the cores save.
+PROCESS_POOL_MIN_FILES = 200
+# At most this many files are read at once, whatever the cores, for the memory above.
+MAX_WORKERS = 8
 # Pillow warns (a Python warning with a source line) on opening a picture over 89 million
 # pixels; tlearn says it in its own words: check lists such images as very large.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -112,8 +120,13 @@ def _verify(image: Image.Image) -> None:
         raise UnreadableImage(TRUNCATED if "truncated" in str(error).lower() else unreadable_reason(error)) from None
 
 
-def inspect_files(paths: list[Path], cache_file: Path | None = None, workers: int = 8) -> dict[Path, FileFacts]:
-    """Facts for every path; entries in `cache_file` whose size and mtime still match are reused."""
+def inspect_files(paths: list[Path], cache_file: Path | None = None, workers: int | None = None,
+                  progress: bool = False) -> dict[Path, FileFacts]:
+    """Facts for every path, in the order given; entries in `cache_file` whose size and mtime
+    still match are reused, the rest are read in `workers` processes (default: the cores this
+    process may use, at most MAX_WORKERS). `progress` shows a bar on stderr while files are
+    read, when stderr is a terminal.
+    """
     cached = _read_cache(cache_file)
     facts: dict[Path, FileFacts] = {}
     todo = []
@@ -125,10 +138,52 @@ def inspect_files(paths: list[Path], cache_file: Path | None = None, workers: in
         else:
             todo.append(path)
     if todo:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            facts.update(zip(todo, pool.map(inspect_file, todo)))
+        facts.update(zip(todo, _inspect_all(todo, workers or min(default_workers(), MAX_WORKERS), progress)))
         _write_cache(cache_file, {**cached, **{str(p): asdict(f) for p, f in facts.items()}})
     return {path: facts[path] for path in paths}
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if counter is not None:
+        return counter() or 1
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def _inspect_all(todo: list[Path], workers: int, progress: bool) -> list[FileFacts]:
+    """`inspect_file` of each path, in order: in worker processes (decoding holds the GIL), or
+    in threads for a few files, one core, or where processes cannot be started."""
+    from tqdm.auto import tqdm  # here: a tenth of a second that a repeated check, with nothing to read, saves
+
+    with tqdm(total=len(todo), desc="reading files", unit="file", disable=None if progress else True,
+              leave=False) as bar:
+        # not with TensorFlow loaded: a process forked from its threads can deadlock, and fit,
+        # the one caller that has it loaded, spends far longer embedding than reading files
+        if workers > 1 and len(todo) >= PROCESS_POOL_MIN_FILES and "tensorflow" not in sys.modules:
+            try:
+                return _in_processes(todo, workers, bar)
+            except (OSError, ValueError, BrokenProcessPool):  # no fork, no processes (a sandbox), a worker killed
+                bar.reset()
+        with ThreadPoolExecutor(max_workers=MAX_WORKERS) as pool:  # threads overlap reads from slow disks
+            return [_counted(facts, bar) for facts in pool.map(inspect_file, todo)]
+
+
+def _in_processes(todo: list[Path], workers: int, bar) -> list[FileFacts]:
+    # Forked: workers start at once with everything imported, and never run the caller's
+    # script again as spawn and forkserver do (they import its __main__ in every worker).
+    context = multiprocessing.get_context("fork")
+    chunk = max(1, min(64, len(todo) // (workers * 8)))  # few round trips, yet an even share each
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return [_counted(facts, bar) for facts in pool.map(inspect_file, todo, chunksize=chunk)]
+
+
+def _counted(facts: FileFacts, bar) -> FileFacts:
+    bar.update()
+    return facts
 
 
 def _stat_or_none(path: Path) -> os.stat_result | None:

@@ -8,6 +8,7 @@ taken as pre-split: its subsets are honoured and only the missing ones are split
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,4 +140,14 @@ def _pre_split(root: Path, subset_folders: list[Path], ignored: list[Path]) -> D
 
 
 def _visible_folders(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    # scandir knows each entry's type from the listing: no stat for each of a class's images
+    with os.scandir(folder) as entries:
+        names = [entry.name for entry in entries if not entry.name.startswith(".") and _is_folder(entry)]
+    return [folder / name for name in sorted(names)]
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # as Path.is_dir
+        return False
