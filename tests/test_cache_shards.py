@@ -170,3 +170,15 @@ def test_an_entry_stored_again_or_dropped_replaces_the_earlier_one(tmp_path):
     with pytest.raises(DamagedArray, match="missing"):
         later.read(sha(2), "plain")
     assert list(later.locations()) == [f"{sha(0)}-plain"]
+
+
+def test_the_newest_of_a_name_wins_across_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "SHARD_BYTES", 3 * array(0).nbytes)
+    store = ShardStore(tmp_path, SALT)
+    for number, content in [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4)]:  # 0 and 1 again, in the second shard
+        store.append(sha(number), "plain", array(content))
+    store.finish_writing()
+    assert len(list(tmp_path.glob("*.data"))) == 2
+    later = ShardStore(tmp_path, SALT)
+    for number, content in [(0, 3), (1, 4), (2, 2)]:
+        np.testing.assert_array_equal(later.read(sha(number), "plain"), array(content))

@@ -19,7 +19,13 @@ exclusive flock on its index file while it writes. A writer adopts an existing s
 not full and not locked, else creates its own pair (named by pid, host and a random part), so
 two processes filling one cache never write into the same file, and the file count stays near
 the data's size / SHARD_BYTES plus one shard per writer that ran at the same time. Readers
-take no lock: rows and arrays are only ever appended, never rewritten in place.
+take no lock: rows and arrays are only ever appended, never rewritten in place. (Per-writer
+files rather than one shared file under a lock: writers never wait for each other, and
+workers on several machines can share a network folder. Where the file system has no locks,
+no shard is adopted: each writer writes only pairs of its own making.)
+
+An array stored again (recomputed after damage) or dropped gets a newer row; the newest row
+of a name wins, and the old bytes stay until the folder is deleted.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ _ROW = np.dtype([
 _ROW_STRUCT = struct.Struct(f"<4sQ32s{_TAG_BYTES}sQQB3s{MAX_DIMENSIONS}I32sI4s")
 assert _ROW_STRUCT.size == _ROW.itemsize
 _CRC_END = _ROW.fields["crc"][1]  # the row's CRC covers every byte before it
+_ROW_BITS = 40  # a lookup value is shard number << _ROW_BITS | row
 _DROPPED = b"del"  # a row of this dtype says the array was dropped
 
 
@@ -92,7 +99,7 @@ class ShardStore:
 
     def __init__(self, folder: Path, salt: str):
         self.folder, self.salt = Path(folder), salt
-        self._positions: dict[int, tuple[int, int]] = {}  # key -> (shard number, row)
+        self._positions: dict[int, int] = {}  # key -> shard number << _ROW_BITS | row: one int, not a tuple
         self._shards: list[_ShardView] = []
         self._shard_numbers: dict[str, int] = {}
         self._writer: _Writer | None = None
@@ -135,22 +142,21 @@ class ShardStore:
                 self._writer = None
 
     def locations(self) -> dict[str, Location]:
-        """Every array's name -> where its current row is, dropped ones left out."""
+        """Every array's name -> where its current row is, dropped ones left out (a Python
+        loop over every row: for tests and benchmarks, not for reading)."""
         self.refresh()
         located = {}
         for shard in self._shards:
             for number, row in enumerate(shard.rows):
                 if row["magic"] == _ROW_MAGIC and row["dtype"] != _DROPPED:
                     name = f"{row['sha256'].tobytes().hex()}-{row['tag'].decode()}"
-                    if self._positions.get(int(row["key"])) == (self._shard_numbers[shard.stem], number):
+                    if self._positions.get(int(row["key"])) == self._shard_numbers[shard.stem] << _ROW_BITS | number:
                         size = int(np.prod(row["shape"][: int(row["ndim"])], dtype=np.int64)) * ARRAY_DTYPE.itemsize
                         located[name] = Location(shard.data_path, number, int(row["offset"]), size)
         return dict(sorted(located.items()))
 
-    def files(self) -> list[Path]:
-        return sorted(self.folder.glob("*.data")) + sorted(self.folder.glob("*.index"))
-
     def _find(self, key: int, refresh: bool) -> tuple[int, int] | None:
+        """(shard number, row) of the newest row under `key`, if any."""
         with self._lock:
             if not self._loaded:
                 self._refresh_locked()
@@ -158,7 +164,7 @@ class ShardStore:
             if found is None and refresh:
                 self._refresh_locked()
                 found = self._positions.get(key)
-        return found
+        return None if found is None else divmod(found, 1 << _ROW_BITS)
 
     def _refresh_locked(self) -> None:
         self._loaded = True
@@ -176,18 +182,23 @@ class ShardStore:
                 self._add_rows(number, start)
 
     def _add_rows(self, number: int, start: int) -> None:
-        """Put rows start.. of shard `number` in the lookup, where they are newer than what is there."""
+        """Put rows start.. of shard `number` in the lookup, where they are newer than what is there.
+
+        Whole-array work and one dict update: a million rows take about a second, where a
+        Python loop over them took several.
+        """
         rows = self._shards[number].rows[start:]
         sound = np.flatnonzero(rows["magic"] == _ROW_MAGIC)
-        sound = sound[np.argsort(rows["time_ns"][sound], kind="stable")]
-        keys, positions = rows["key"][sound].tolist(), (sound + start).tolist()
-        for key, row in zip(keys, positions):
-            earlier = self._positions.get(key)
-            if earlier is None or self._time_of(earlier) <= int(self._shards[number].rows[row]["time_ns"]):
-                self._positions[key] = (number, row)
+        sound = sound[np.argsort(rows["time_ns"][sound], kind="stable")]  # the newest of a name comes last, and wins
+        added = dict(zip(rows["key"][sound].tolist(), ((sound + start) | (number << _ROW_BITS)).tolist()))
+        for key in added.keys() & self._positions.keys():  # stored again, here or in another shard: rare
+            if self._time_of(self._positions[key]) > self._time_of(added[key]):
+                added[key] = self._positions[key]
+        self._positions.update(added)
 
-    def _time_of(self, position: tuple[int, int]) -> int:
-        return int(self._shards[position[0]].rows[position[1]]["time_ns"])
+    def _time_of(self, position: int) -> int:
+        number, row = divmod(position, 1 << _ROW_BITS)
+        return int(self._shards[number].rows[row]["time_ns"])
 
     def _write(self, sha256, tag, shape, checksum, body, dtype=_ARRAY_DTYPE_CODE) -> None:
         row = np.zeros((), _ROW)
@@ -203,7 +214,7 @@ class ShardStore:
             writer.append_row(row)
             number = self._shard_numbers[writer.stem]
             self._shards[number].add_rows(row.reshape(1))
-            self._positions[int(row["key"])] = (number, len(self._shards[number].rows) - 1)
+            self._positions[int(row["key"])] = number << _ROW_BITS | (len(self._shards[number].rows) - 1)
 
     def _writer_for(self, size: int) -> "_Writer":
         """This process's shard, with room for `size` more bytes (a new or adopted one if not)."""
@@ -339,9 +350,13 @@ class _Writer:
             return None
         try:
             fcntl.flock(index.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError:  # another writer holds it
             index.close()
             return None
+        except OSError:  # a file system without locks: only a pair of our own making is safe to write
+            if not create:
+                index.close()
+                return None
         data = open(data_path, "ab")
         writer = cls(folder, stem, index, data)
         if not create and writer.full(1):
