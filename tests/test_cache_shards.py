@@ -182,3 +182,20 @@ def test_the_newest_of_a_name_wins_across_shards(tmp_path, monkeypatch):
     later = ShardStore(tmp_path, SALT)
     for number, content in [(0, 3), (1, 4), (2, 2)]:
         np.testing.assert_array_equal(later.read(sha(number), "plain"), array(content))
+
+
+def test_a_shard_cut_short_or_deleted_under_a_reader_is_damage_not_a_crash(tmp_path):
+    store = ShardStore(tmp_path, SALT)
+    for number in range(3):
+        store.append(sha(number), "plain", array(number))
+    store.finish_writing()
+    reader = ShardStore(tmp_path, SALT)
+    assert_all_sound(reader, range(3))  # its data file is mapped now
+    (data,) = tmp_path.glob("*.data")
+    with open(data, "r+b") as shard:
+        shard.truncate(array(0).nbytes + 10)  # touching the map past here would be SIGBUS
+    with pytest.raises(DamagedArray, match=r"truncated: 266 bytes, the entry ends at 768"):
+        reader.read(sha(2), "plain")
+    data.unlink()
+    with pytest.raises(DamagedArray, match="shard file missing"):
+        reader.read(sha(0), "plain")

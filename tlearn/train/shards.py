@@ -299,6 +299,8 @@ class _ShardView:
             size = os.stat(self._data_name).st_size
         except FileNotFoundError:
             raise DamagedArray(self.data_path, "shard file missing") from None
+        except OSError as error:  # unreadable: told like any damage, then recomputed into a shard of ours
+            raise DamagedArray(self.data_path, error.strerror or type(error).__name__) from None
         # Checked each time, not only against the map: touching a mapped page past a file's end
         # (cut short by a disk tool or by hand) would kill the process with SIGBUS.
         if size < end:
@@ -316,6 +318,8 @@ class _ShardView:
                 return mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) if size else None
         except FileNotFoundError:
             raise DamagedArray(self.data_path, "shard file missing") from None
+        except OSError as error:
+            raise DamagedArray(self.data_path, error.strerror or type(error).__name__) from None
 
 
 class _Writer:
