@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tlearn.cli import main
+from tlearn.train.activations import ActivationCache, Location
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CLASS_COLOURS = {"cloudy": (128, 128, 128), "rain": (20, 40, 200), "sunrise": (230, 120, 20)}
@@ -81,10 +82,28 @@ def dataset_dir(tmp_path_factory) -> Path:
     return root
 
 
-def cached_activation_files(cache_dir: Path, cut: str) -> list[Path]:
-    """Every activation file cached at base layer `cut` under `cache_dir`, sorted."""
-    folders = [key.parent for key in Path(cache_dir).glob("*/config.json") if json.loads(key.read_text())["cut"] == cut]
-    return sorted(path for folder in folders for path in folder.rglob("*.npy"))
+def activation_caches(cache_dir: Path, cut: str) -> list[ActivationCache]:
+    """The activation caches of base layer `cut` under `cache_dir` (one per configuration)."""
+    keys = sorted(Path(cache_dir).glob("*/config.json"))
+    return [ActivationCache(key.parent) for key in keys if json.loads(key.read_text())["cut"] == cut]
+
+
+def cached_activation_entries(cache_dir: Path, cut: str) -> dict[str, Location]:
+    """Entry name (`<sha256>-plain`, `<sha256>-<augmentation>-v1`, ...) -> where it is stored,
+    for every entry cached at base layer `cut` under `cache_dir`, sorted by name. An entry
+    stored again (recomputed) has a new location."""
+    entries = {name: where for cache in activation_caches(cache_dir, cut) for name, where in cache.entries().items()}
+    return dict(sorted(entries.items()))
+
+
+def cached_activations(cache_dir: Path, cut: str) -> dict[str, np.ndarray]:
+    """Entry name -> its checked array, for every entry cached at base layer `cut` under `cache_dir`."""
+    arrays = {}
+    for cache in activation_caches(cache_dir, cut):
+        for name in cache.entries():
+            sha256, tag = name.split("-", 1)
+            arrays[name] = cache.shards.read(sha256, tag)
+    return dict(sorted(arrays.items()))
 
 
 FAST_FIT = ["--weights", "none", "--image-size", "32", "--epochs", "40", "--patience", "40",

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import shutil
 
 import keras
@@ -9,13 +10,15 @@ from tqdm.auto import tqdm
 
 from conftest import make_class_folders
 from tlearn.train import activations
-from tlearn.train.activations import CACHE_FORMAT, ActivationCache, DamagedEntry, compute_activations
+from tlearn.train import shards
+from tlearn.train.activations import MISSING, CACHE_FORMAT, ActivationCache, DamagedEntry, compute_activations
 from tlearn.calibration import softmax
 from tlearn.train.batches import predict_cached
 from tlearn.data.dataset import scan_folder
 from tlearn.model import build_classifier, cut_layer_name, feature_extractor, trainable_top
 
 BOTH_CUTS = ["block5_pool", "block4_pool"]  # fit's cut and, from the same pass, finetune's
+SHA = hashlib.sha256(b"an image").hexdigest()
 IDENTITY = {"weights": "random-seed-0", "preprocess": "caffe", "image_size": 32, "policy": "float32"}
 
 
@@ -35,7 +38,7 @@ def test_cache_hits_for_unchanged_images_and_misses_for_changed_ones(model, fold
     extractor = feature_extractor(model, "block5_pool")
     compute_activations(extractor, folder.records, cache, progress=False)
     assert all(cache.has(r.sha256, 0) for r in folder.records)
-    stamps = {r.sha256: cache.path(r.sha256, 0).stat().st_mtime_ns for r in folder.records}
+    stored = cache.entries()
 
     changed = folder.records[0].path
     shutil.copy(folder.records[1].path.parent / "cloudy1.jpg", changed)  # new content
@@ -43,8 +46,9 @@ def test_cache_hits_for_unchanged_images_and_misses_for_changed_ones(model, fold
     compute_activations(extractor, rescanned.records, cache, progress=False)
     new = next(r for r in rescanned.records if r.path == changed)
     assert new.sha256 != folder.records[0].sha256
-    unchanged = [r for r in rescanned.records if r.sha256 in stamps]
-    assert all(cache.path(r.sha256, 0).stat().st_mtime_ns == stamps[r.sha256] for r in unchanged)
+    unchanged = [cache.entry_name(r.sha256, 0) for r in rescanned.records if r.sha256 != new.sha256]
+    assert {name: cache.entries()[name] for name in unchanged} == {name: stored[name] for name in unchanged}
+    assert cache.has(new.sha256, 0)
 
 
 @pytest.mark.parametrize(
@@ -52,16 +56,22 @@ def test_cache_hits_for_unchanged_images_and_misses_for_changed_ones(model, fold
 )
 def test_any_changed_setting_gives_another_cache(tmp_path, change):
     base = ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY)
+    base.store(SHA, 0, np.ones((1, 1, 4), np.float16))
+    base.finish_writing()
     other = ActivationCache.for_config(tmp_path, **{"cut": "block5_pool", **IDENTITY, **change})
     assert base.folder != other.folder
-    assert ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY).folder == base.folder
+    assert other.problem(SHA, 0) == MISSING  # a miss, never another configuration's entry
+    same = ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY)
+    assert same.folder == base.folder and same.has(SHA, 0, (1, 1, 4))
 
 
 def test_augmented_views_are_keyed_by_augmentation(tmp_path):
     cache = ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY)
     light, strong = cache.with_augment_key("light-seed1"), cache.with_augment_key("strong-seed1")
-    assert light.path("ab", 0) == strong.path("ab", 0)  # the plain view is shared
-    assert light.path("ab", 1) != strong.path("ab", 1)
+    assert light.entry_name(SHA, 0) == strong.entry_name(SHA, 0)  # the plain view is shared
+    assert light.entry_name(SHA, 1) != strong.entry_name(SHA, 1)
+    light.store(SHA, 1, np.ones((2,), np.float16))
+    assert light.has(SHA, 1) and not strong.has(SHA, 1)
 
 
 def test_training_on_cache_matches_the_uncached_model(model, folder, tmp_path):
@@ -90,7 +100,7 @@ def test_one_pass_fills_each_cache_only_where_it_lacks_the_entry(model, folder, 
     records = folder.records  # 9 images
     compute_activations(feature_extractor(model, "block5_pool"), records, top, progress=False)
     compute_activations(feature_extractor(model, "block4_pool"), records[:4], below, progress=False)
-    stamps = {path: path.stat().st_mtime_ns for cache in (top, below) for path in cache.folder.rglob("*.npy")}
+    stored = [cache.entries() for cache in (top, below)]
     extractor = feature_extractor(model, BOTH_CUTS)
     embedded = []
     embed = extractor.predict_on_batch
@@ -113,10 +123,10 @@ def test_one_pass_fills_each_cache_only_where_it_lacks_the_entry(model, folder, 
     assert sum(embedded) == 5  # only the images `below` lacked
     assert [(bar.total, bar.n) for bar in bars] == [(5, 5)]  # one bar, one step per image and view
     assert all(below.has(r.sha256, 0) for r in records)
-    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # nothing rewritten
+    assert [{name: cache.entries()[name] for name in before} for cache, before in zip((top, below), stored)] == stored
 
-    compute_activations(extractor, records, [top, below], progress=False)
-    assert sum(embedded) == 5  # both complete: nothing to embed
+    compute_activations(extractor, records, [ActivationCache(top.folder), ActivationCache(below.folder)], progress=False)
+    assert sum(embedded) == 5  # both complete, as the next command sees them: nothing to embed
 
 
 def test_caches_must_match_the_extractors_outputs(model, folder, tmp_path):
@@ -125,34 +135,52 @@ def test_caches_must_match_the_extractors_outputs(model, folder, tmp_path):
         compute_activations(feature_extractor(model, BOTH_CUTS), folder.records, [cache], progress=False)
 
 
-def damage_by_truncating(path, other):
-    path.write_bytes(path.read_bytes()[:-100])
+def overwrite(where, content: bytes, at: int = 0) -> None:
+    with open(where.data_path, "r+b") as shard:
+        shard.seek(where.offset + at)
+        shard.write(content)
 
 
-def damage_with_garbage(path, other):
-    path.write_bytes(b"\x00garbage" * 50)
+def entry_bytes(where) -> bytes:
+    return where.data_path.read_bytes()[where.offset : where.offset + where.size]
 
 
-def damage_with_a_wrong_shape(path, other):
-    np.save(path, np.zeros((2, 2, 16), np.float16))
+def damage_by_truncating(cache, name, other):
+    with open(cache.entries()[name].data_path, "r+b") as shard:  # as a crash or a full disk could leave it
+        shard.truncate(cache.entries()[name].offset + 100)
 
 
-def damage_with_right_shaped_wrong_values(path, other):
-    np.save(path, np.zeros_like(np.load(path)))  # a plain .npy, as tlearn wrote before entries had checksums
+def damage_with_garbage(cache, name, other):
+    overwrite(cache.entries()[name], b"\x00garbage" * 50)
 
 
-def damage_one_value(path, other):
-    content = bytearray(path.read_bytes())
-    content[200] ^= 0x40  # one bit of one float16 in the array
-    path.write_bytes(bytes(content))
+def damage_with_a_wrong_shape(cache, name, other):
+    sha256, tag = name.split("-", 1)
+    cache.shards.append(sha256, tag, np.zeros((2, 2, 16), np.float16))
 
 
-def damage_by_copying_another_images_entry(path, other):
-    shutil.copy(other, path)  # right shape and sound bytes, but another image's activations
+def damage_with_right_shaped_wrong_values(cache, name, other):
+    overwrite(cache.entries()[name], bytes(cache.entries()[name].size))
+
+
+def damage_one_value(cache, name, other):
+    overwrite(cache.entries()[name], bytes([entry_bytes(cache.entries()[name])[200] ^ 0x40]), at=200)  # one bit
+
+
+def damage_by_copying_another_images_entry(cache, name, other):
+    overwrite(cache.entries()[name], entry_bytes(cache.entries()[other]))  # sound bytes, another image's
+
+
+def damage_its_index_row(cache, name, other):
+    where = cache.entries()[name]
+    with open(where.data_path.with_suffix(".index"), "r+b") as index:
+        index.seek(where.row * shards._ROW.itemsize + shards._ROW.fields["offset"][1])
+        index.write(b"\x01")  # points elsewhere now, and the row's CRC no longer matches
 
 
 DAMAGES = [damage_by_truncating, damage_with_garbage, damage_with_a_wrong_shape,
-           damage_with_right_shaped_wrong_values, damage_one_value, damage_by_copying_another_images_entry]
+           damage_with_right_shaped_wrong_values, damage_one_value, damage_by_copying_another_images_entry,
+           damage_its_index_row]
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda damage: damage.__name__)
@@ -160,27 +188,34 @@ def test_a_damaged_entry_is_dropped_and_recomputed(model, folder, tmp_path, dama
     cache = ActivationCache.for_config(tmp_path / "cache", cut="block5_pool", **IDENTITY)
     extractor = feature_extractor(model, "block5_pool")
     compute_activations(extractor, folder.records, cache, progress=False)
-    good, other = (cache.path(r.sha256, 0) for r in folder.records[:2])
-    expected = np.load(good)
-    stamps = {path: path.stat().st_mtime_ns for path in cache.folder.rglob("*.npy") if path != good}
-    damage(good, other)
-    assert not cache.has(folder.records[0].sha256, 0, (1, 1, 512))
-    with pytest.raises(DamagedEntry, match=rf"^activation cache entry {good} is damaged \(.+\): run the command again"):
-        cache.load(folder.records[0].sha256, 0, (1, 1, 512))
+    located = cache.entries()
+    last = max(located, key=lambda name: located[name].offset)  # truncating it leaves the others whole
+    record = next(r for r in folder.records if cache.entry_name(r.sha256, 0) == last)
+    other = next(name for name in located if name != last)
+    expected = cache.load(record.sha256, 0)
+    damage(cache, last, other)
+    cache = ActivationCache(cache.folder)  # as the next command sees it
+    assert not cache.has(record.sha256, 0, (1, 1, 512))
+    shard = located[last].data_path
+    with pytest.raises(DamagedEntry, match=rf"^activation cache entry {last} in {shard} is damaged \(.+\): run the"):
+        cache.load(record.sha256, 0, (1, 1, 512))
 
     assert compute_activations(extractor, folder.records, cache, progress=False) == []
-    assert cache.damaged == [good]
-    np.testing.assert_allclose(cache.load(folder.records[0].sha256, 0, (1, 1, 512)), expected, atol=1e-3)
-    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # the sound ones were left alone
+    assert cache.damaged == [shard]
+    np.testing.assert_allclose(cache.load(record.sha256, 0, (1, 1, 512)), expected, atol=1e-3)
+    assert {name: cache.entries()[name] for name in located if name != last} == {
+        name: where for name, where in located.items() if name != last}  # the sound ones were left alone
 
 
-def test_entries_are_npy_files_of_the_new_format_in_their_own_folder(tmp_path):
+def test_entries_are_appended_to_shards_of_the_new_format_in_their_own_folder(tmp_path):
     cache = ActivationCache.for_config(tmp_path, cut="block5_pool", **IDENTITY)
-    assert json.loads((cache.folder / "config.json").read_text())["format"] == CACHE_FORMAT == 2
-    # format 1 (no checksums) kept its entries in the folder keyed without "format": never read again
-    format_1_key = json.dumps({"cut": "block5_pool", **IDENTITY}, sort_keys=True)
-    assert cache.folder.name != hashlib.sha256(format_1_key.encode()).hexdigest()[:20]
+    assert json.loads((cache.folder / "config.json").read_text())["format"] == CACHE_FORMAT == 3
+    # formats 1 and 2 (a .npy file per entry) kept their entries in folders keyed otherwise: never read again
+    for old_format in (None, 2):
+        old_key = {"cut": "block5_pool", **IDENTITY, **({"format": old_format} if old_format else {})}
+        assert cache.folder.name != hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:20]
     array = np.arange(8, dtype=np.float16).reshape(2, 4)
-    cache.store("ab" * 32, 0, array)
-    np.testing.assert_array_equal(np.load(cache.path("ab" * 32, 0)), array)  # numpy still reads an entry
-    np.testing.assert_array_equal(cache.load("ab" * 32, 0, (2, 4)), array)
+    cache.store(SHA, 0, array)
+    np.testing.assert_array_equal(cache.load(SHA, 0, (2, 4)), array)
+    (data,) = (cache.folder / "shards").glob("*.data")
+    assert data.name.startswith(f"{os.getpid()}@") and data.read_bytes() == array.tobytes()

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import FAST_FIT, cached_activation_files, make_class_folders, run_cli, solid_image
+from conftest import FAST_FIT, cached_activation_entries, make_class_folders, run_cli, solid_image
 from tlearn.data.dataset import ImageRecord
 from tlearn.data.files import file_sha256
 from tlearn.data.images import UnreadableImage, load_rgb, unreadable_reason
@@ -71,7 +71,7 @@ def test_evaluate_takes_test_images_as_they_are_now(run_on_own_data):
     ])
     assert f"test: {2 + len(unchanged)} images" in result.output  # the replaced and the touched one, and the rest
     fresh = file_sha256(replaced)
-    assert any(path.name.startswith(fresh) for path in cached_activation_files(cache, "block5_pool"))
+    assert any(name.startswith(fresh) for name in cached_activation_entries(cache, "block5_pool"))
     report = list(csv.DictReader(open(run / "report" / "evaluate-test" / "changed_since_fit.csv")))
     assert report[0] == {"path": str(replaced), "now": "evaluated as it is now"}
     assert sorted(report[1:], key=lambda row: row["path"]) == sorted([
@@ -97,7 +97,7 @@ def test_finetune_trains_on_changed_images_as_they_are_now(run_on_own_data):
         f"Warning: {len(train)} files changed since fit, used as they are now: {first} and {len(train) - 3} more",
     ]
     assert f"finetune: {len(train)} train / 5 validation / 6 test images, 1 skipped" in result.output
-    embedded = {path.name.split("-")[0] for path in cached_activation_files(cache, "block4_pool")}
+    embedded = {name.split("-")[0] for name in cached_activation_entries(cache, "block4_pool")}
     assert {file_sha256(path) for path in train} <= embedded  # embedded afresh, by their new content
 
 

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import tlearn
-from conftest import FAST_FIT, cached_activation_files, make_class_folders, run_cli
+from conftest import FAST_FIT, cached_activations, make_class_folders, run_cli
 from tlearn.data.images import load_rgb
 
 ROOT = Path(tlearn.__file__).resolve().parents[1]
@@ -93,11 +93,11 @@ def test_mirrored_on_two_cpus_trains_like_one_device(tmp_path):
     np.testing.assert_allclose(_predict(tmp_path / "mirrored", paths), _predict(tmp_path / "none", paths), atol=1e-5)
     # Each batch was split across the replicas: every output's rows must come back in order.
     for cut in ("block5_pool", "block4_pool"):  # fit's own cut and finetune's, from the same pass
-        mirrored_files = cached_activation_files(tmp_path / "cache-mirrored", cut)
-        single_files = cached_activation_files(tmp_path / "cache-none", cut)
-        assert [f.name for f in mirrored_files] == [f.name for f in single_files] and len(single_files) == len(paths)
-        for mirrored_file, single_file in zip(mirrored_files, single_files):
-            np.testing.assert_allclose(np.load(mirrored_file), np.load(single_file), rtol=2e-3, atol=1e-3)
+        mirrored_entries = cached_activations(tmp_path / "cache-mirrored", cut)
+        single_entries = cached_activations(tmp_path / "cache-none", cut)
+        assert list(mirrored_entries) == list(single_entries) and len(single_entries) == len(paths)
+        for name, single in single_entries.items():
+            np.testing.assert_allclose(mirrored_entries[name], single, rtol=2e-3, atol=1e-3)
 
 
 def test_two_workers_train_one_run_written_by_the_chief(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from tlearn.label_issues import find_suspected_label_errors, fold_of_each
 from tlearn.run import RunFiles
 
-from conftest import FAST_FIT, SHARED, cached_activation_files, make_class_folders, run_cli
+from conftest import FAST_FIT, SHARED, cached_activation_entries, make_class_folders, run_cli
 
 CLASSES = ["cloudy", "rain", "sunrise", "shine"]
 
@@ -110,12 +110,12 @@ def test_check_labels_ranks_planted_errors_then_fit_reuses_its_activations(plant
     top = {row["path"]: row for row in rows[: len(planted)]}
     assert set(top) == {path for path, _ in planted}
     assert all(top[path]["suggested"] == true for path, true in planted)
-    embedded = cached_activation_files(cache, "block5_pool") + cached_activation_files(cache, "block4_pool")
+    embedded = {cut: cached_activation_entries(cache, cut) for cut in ("block5_pool", "block4_pool")}
 
     fitted = run_cli("fit", root, "--models-dir", tmp_path / "models", "--cache-dir", cache, *FAST_FIT)
     assert fitted.exit_code == 0, fitted.output
     run_dir = tmp_path / "models" / "colours"
-    assert cached_activation_files(cache, "block5_pool") + cached_activation_files(cache, "block4_pool") == embedded
+    assert {cut: cached_activation_entries(cache, cut) for cut in embedded} == embedded  # fit embedded nothing
     fit_rows = read_csv(RunFiles(run_dir).label_issues)
     assert f"{len(fit_rows)} images look mislabelled: see {RunFiles(run_dir).label_issues}\n" in fitted.output
     assert {path for path, _ in planted} <= {row["path"] for row in fit_rows[: len(planted) + 2]}

@@ -96,7 +96,7 @@ def test_runs_and_caches_are_readable_as_the_umask_says(tmp_path):
     files = [p for root in ("run", "cache") for p in (tmp_path / root).rglob("*") if p.is_file()]
     assert {oct(p.stat().st_mode & 0o777) for p in folders} == {"0o755"}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
-    assert any(p.suffix == ".npy" for p in files) and any(p.name == "saved_model.pb" for p in files)
+    assert any(p.suffix == ".data" for p in files) and any(p.name == "saved_model.pb" for p in files)
 
 
 def test_a_garbage_model_file_is_called_what_it_is(run_copy):

@@ -10,10 +10,8 @@ it only costs time.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -21,49 +19,55 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..atomic import write_atomically, write_text_atomically
+from ..atomic import write_text_atomically
 from ..data.dataset import ImageRecord, SkippedFile
 from ..data.images import PIXELS_VERSION, UnreadableImage, load_batches
 from ..errors import TlearnError
 from ..run import ModelSpec, Run
 from ..settings import default_cache_root
+from .shards import ARRAY_DTYPE, MISSING, DamagedArray, Location, ShardStore
 
 
 # Part of every cache folder's key: entries of an older format are never read, only recomputed.
 # 2: each entry carries a checksum (format 1's plain .npy files had none, so none could be trusted).
-CACHE_FORMAT = 2
-ENTRY_DTYPE = np.dtype("<f2")  # float16: half the disk and reading time, and the model's error is far larger
-_CHECKSUM_TAG = b"TLSHA256"  # then the 32-byte sha256 of the entry's name and array bytes
-_TRAILER_BYTES = len(_CHECKSUM_TAG) + 32
-MISSING = "missing"
+# 3: entries appended into shard files (format 2 kept one .npy file per image and view).
+CACHE_FORMAT = 3
+ENTRY_DTYPE = ARRAY_DTYPE  # float16: half the disk and reading time, and the model's error is far larger
 
 
 class DamagedEntry(TlearnError):
     """An activation cache entry that went missing or bad after it was checked."""
 
-    def __init__(self, path: Path, problem: str):
-        self.path, self.problem = path, problem
-        state = "is missing" if problem == MISSING else f"is damaged ({problem})"
-        super().__init__(f"activation cache entry {path} {state}: run the command again to recompute it")
+    def __init__(self, name: str, where: Path, problem: str):
+        self.name, self.where, self.problem = name, where, problem
+        state = f"is missing from {where}" if problem == MISSING else f"in {where} is damaged ({problem})"
+        super().__init__(f"activation cache entry {name} {state}: run the command again to recompute it")
 
 
 @dataclass(frozen=True)
 class ActivationCache:
-    """A folder of entries, one per (image content, view), for one configuration.
+    """The entries, one per (image content, view), of one configuration, in the shard files
+    of `folder`/shards (see tlearn.train.shards).
 
     View 0 (the plain image) is shared by every augmentation setting; augmented views are
-    keyed by `augment_key` as well. An entry is a float16 .npy file (np.load reads it)
-    followed by a sha256 of the entry's name and array bytes: a truncated, garbled,
-    wrong-shaped or misplaced entry is told from a sound one, never trusted. `damaged`
-    collects the entries this object found damaged and dropped, to be reported once.
+    keyed by `augment_key` as well. An entry is a float16 array with a sha256 of the cache
+    folder's name, the entry's name and its bytes, checked on every read: a truncated,
+    garbled, wrong-shaped or misplaced entry is told from a sound one, never trusted.
+    `damaged` collects the shard file of each entry this object found damaged and dropped,
+    to be reported once.
     """
 
     folder: Path
     augment_key: str = "none"
     damaged: list[Path] = field(default_factory=list, compare=False, repr=False)
+    shards: ShardStore | None = field(default=None, compare=False, repr=False)  # shared by with_augment_key copies
+
+    def __post_init__(self):
+        if self.shards is None:
+            object.__setattr__(self, "shards", ShardStore(Path(self.folder) / "shards", Path(self.folder).name))
 
     def with_augment_key(self, augment_key: str) -> "ActivationCache":
-        return ActivationCache(self.folder, augment_key, self.damaged)
+        return ActivationCache(self.folder, augment_key, self.damaged, self.shards)
 
     @classmethod
     def for_config(cls, root: Path, **config) -> "ActivationCache":
@@ -75,92 +79,59 @@ class ActivationCache:
             write_text_atomically(key_file, text + "\n")
         return cls(folder)
 
-    def path(self, sha256: str, view: int) -> Path:
-        tag = "plain" if view == 0 else f"{self.augment_key}-v{view}"
-        return self.folder / sha256[:2] / f"{sha256}-{tag}.npy"
+    def tag(self, view: int) -> str:
+        """The part of an entry's name after the image's sha256."""
+        return "plain" if view == 0 else f"{self.augment_key}-v{view}"
+
+    def entry_name(self, sha256: str, view: int) -> str:
+        return f"{sha256}-{self.tag(view)}"
+
+    def check(self, sha256: str, view: int, shape: tuple[int, ...] | None = None) -> DamagedEntry | None:
+        """None for a sound entry (of `shape`, if given); else the DamagedEntry saying what is wrong."""
+        try:
+            self._read(sha256, view, shape, refresh=False)
+        except DamagedEntry as error:
+            return error
+        return None
 
     def problem(self, sha256: str, view: int, shape: tuple[int, ...] | None = None) -> str | None:
         """None for a sound entry (of `shape`, if given); else MISSING or what is wrong with it."""
-        try:
-            self.load(sha256, view, shape)
-        except DamagedEntry as error:
-            return error.problem
-        return None
+        damage = self.check(sha256, view, shape)
+        return None if damage is None else damage.problem
 
     def has(self, sha256: str, view: int, shape: tuple[int, ...] | None = None) -> bool:
         """Whether a sound entry (of `shape`, if given) is there."""
         return self.problem(sha256, view, shape) is None
 
     def load(self, sha256: str, view: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """The entry's float16 array, checked; a DamagedEntry names the file if it is missing or bad."""
-        path = self.path(sha256, view)
-        try:
-            content = path.read_bytes()
-        except FileNotFoundError:
-            raise DamagedEntry(path, MISSING) from None
-        except OSError as error:
-            raise DamagedEntry(path, error.strerror or type(error).__name__) from None
-        return _checked_array(content, path, shape, self._checksum)
+        """The entry's float16 array, checked; a DamagedEntry names it if it is missing or bad.
+        An entry not seen yet is looked for in what other processes wrote since."""
+        return self._read(sha256, view, shape, refresh=True)
 
     def store(self, sha256: str, view: int, activations: np.ndarray) -> None:
-        # Atomically, so an interrupted run never leaves a truncated entry.
-        path = self.path(sha256, view)
-        array = np.ascontiguousarray(activations, dtype=ENTRY_DTYPE)
-        body = array.tobytes()
-        content = _npy_header(array.shape) + body + _CHECKSUM_TAG + self._checksum(path, body)
-        write_atomically(path, lambda handle: handle.write(content))
+        """Append the entry; it replaces any earlier entry of that name."""
+        self.shards.append(sha256, self.tag(view), activations)
 
     def drop(self, sha256: str, view: int) -> None:
-        self.path(sha256, view).unlink(missing_ok=True)
+        self.shards.drop(sha256, self.tag(view))
 
-    def _checksum(self, path: Path, body: bytes) -> bytes:
-        # The entry's name is hashed too: an entry copied or renamed to another image's name fails.
-        digest = hashlib.sha256(f"{self.folder.name}/{path.name}".encode())
-        digest.update(body)
-        return digest.digest()
+    def refresh(self) -> None:
+        """See the entries that other processes added since this object last looked."""
+        self.shards.refresh()
 
+    def finish_writing(self) -> None:
+        """Flush the entries written so far to disk and let other writers append to their shard."""
+        self.shards.finish_writing()
 
-@lru_cache(maxsize=None)
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    """The .npy header of a C-ordered float16 array of `shape`, as np.save writes it."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": ENTRY_DTYPE.str, "fortran_order": False, "shape": shape})
-    return buffer.getvalue()
+    def entries(self) -> dict[str, Location]:
+        """Entry name -> where it is stored (its shard and row), for every sound or damaged entry."""
+        return self.shards.locations()
 
-
-def _checked_array(content: bytes, path: Path, shape: tuple[int, ...] | None, checksum) -> np.ndarray:
-    """The array in an entry's bytes, after its header, size and checksum are checked."""
-    expected = _npy_header(tuple(shape)) if shape is not None else None
-    if expected is not None and content.startswith(expected):
-        offset, found = len(expected), tuple(shape)
-    else:  # another shape, dtype or numpy's header layout: read the header to say which
-        offset, found = _read_header(content, path, shape)
-    body_bytes = int(np.prod(found, dtype=np.int64)) * ENTRY_DTYPE.itemsize
-    size, expected_size = len(content), offset + body_bytes + _TRAILER_BYTES
-    if size == offset + body_bytes:
-        raise DamagedEntry(path, "no checksum")
-    if size != expected_size:
-        raise DamagedEntry(path, f"{'truncated: ' if size < expected_size else ''}{size} bytes, expected {expected_size}")
-    body = memoryview(content)[offset : offset + body_bytes]
-    if content[offset + body_bytes : -32] != _CHECKSUM_TAG or content[-32:] != checksum(path, body):
-        raise DamagedEntry(path, "checksum mismatch")
-    return np.frombuffer(content, ENTRY_DTYPE, count=body_bytes // ENTRY_DTYPE.itemsize, offset=offset).reshape(found)
-
-
-def _read_header(content: bytes, path: Path, shape: tuple[int, ...] | None) -> tuple[int, tuple[int, ...]]:
-    """(where the array starts, its shape), from an entry's .npy header; DamagedEntry if it is not ours."""
-    stream = io.BytesIO(content)
-    try:
-        if np.lib.format.read_magic(stream) != (1, 0):  # the version np.save writes for any entry's shape
-            raise ValueError("not .npy format 1.0")
-        found, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-    except (ValueError, SyntaxError, TypeError):
-        raise DamagedEntry(path, "not an activation entry") from None
-    if dtype != ENTRY_DTYPE or fortran_order:
-        raise DamagedEntry(path, f"dtype {dtype}{', Fortran order' if fortran_order else ''}, expected float16")
-    if shape is not None and tuple(found) != tuple(shape):
-        raise DamagedEntry(path, f"shape {tuple(found)}, expected {tuple(shape)}")
-    return stream.tell(), tuple(found)
+    def _read(self, sha256: str, view: int, shape: tuple[int, ...] | None, refresh: bool) -> np.ndarray:
+        try:
+            return self.shards.read(sha256, self.tag(view), shape, refresh)
+        except DamagedArray as error:
+            raise DamagedEntry(self.entry_name(sha256, view), error.where, error.problem) from None
 
 
 def activation_cache(
@@ -210,13 +181,26 @@ def compute_activations(
     # predict_on_batch runs a compiled graph, where TensorFlow fuses each convolution with its
     # bias and ReLU: 10-20% faster on a CPU than calling the model eagerly.
     embed = extractor.predict_on_batch
-    missing = _missing_entries(records, views, caches, [tuple(output.shape[1:]) for output in extractor.outputs])
-    pending_images = sorted(missing, key=lambda r: (r.sha256, str(r.path)))
-    passes = sum(len(lacking_by_view) for lacking_by_view in missing.values())
     skipped: dict[Path, SkippedFile] = {}
-    # One bar counting passes through the extractor (image and view), however many caches each fills.
-    bar = tqdm(total=passes, desc=description, unit="img", disable=not progress or not passes, leave=False)
-    for batch, decoded in _decoded_batches(pending_images, extractor.input_shape[1], batch_size):
+    try:
+        for cache in caches:
+            cache.refresh()  # once: what other processes stored meanwhile is then a hit, not a recomputation
+        missing = _missing_entries(records, views, caches, [tuple(output.shape[1:]) for output in extractor.outputs])
+        passes = sum(len(lacking_by_view) for lacking_by_view in missing.values())
+        # One bar counting passes through the extractor (image and view), however many caches each fills.
+        with tqdm(total=passes, desc=description, unit="img", disable=not progress or not passes, leave=False) as bar:
+            _embed_missing(embed, augmenter, missing, caches, extractor.input_shape[1], batch_size, bar, skipped)
+    finally:
+        for cache in caches:
+            cache.finish_writing()  # flushed, and the shard free for the next writer
+    return [skipped[path] for path in sorted(skipped)]
+
+
+def _embed_missing(embed, augmenter, missing, caches, image_size, batch_size, bar, skipped) -> None:
+    """Embed each image's missing views and store them in the caches lacking them; files that
+    fail to decode go to `skipped`."""
+    pending_images = sorted(missing, key=lambda r: (r.sha256, str(r.path)))
+    for batch, decoded in _decoded_batches(pending_images, image_size, batch_size):
         good = [(r, a) for r, a in zip(batch, decoded) if not isinstance(a, SkippedFile)]
         for result in decoded:
             if isinstance(result, SkippedFile):
@@ -232,8 +216,6 @@ def compute_activations(
                     for index in missing[record][view]:
                         caches[index].store(record.sha256, view, outputs[index][row])
                     bar.update(1)
-    bar.close()
-    return [skipped[path] for path in sorted(skipped)]
 
 
 def _missing_entries(
@@ -256,11 +238,11 @@ def _missing_entries(
 
 
 def _sound_entry(cache: ActivationCache, sha256: str, view: int, shape: tuple[int, ...]) -> bool:
-    problem = cache.problem(sha256, view, shape)
-    if problem is not None and problem != MISSING:
+    damage = cache.check(sha256, view, shape)
+    if damage is not None and damage.problem != MISSING:
         cache.drop(sha256, view)
-        cache.damaged.append(cache.path(sha256, view))
-    return problem is None
+        cache.damaged.append(damage.where)
+    return damage is None
 
 
 def _decoded_batches(
