@@ -182,3 +182,59 @@ def test_a_run_made_before_temperature_scaling_still_loads_and_evaluates(run_cop
     assert result.exit_code == 0, result.output
     calibration = json.loads((run_copy / "report" / "evaluate-test" / "metrics.json").read_text())["calibration"]
     assert calibration["temperature"] == 1.0 and calibration["ece"] == calibration["ece_uncalibrated"]
+
+
+def _trained_top_logits(head_l2: float) -> np.ndarray:
+    """fit's head (tlearn's layers, loss and training loop) trained on separable 1x1x512
+    activations with `head_l2`; its logits on fresh images of the same classes."""
+    from tlearn.model import build_classifier, cut_layer_name, trainable_top
+    from tlearn.train.loop import train_top
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (3, 512)).astype("float32")
+    labels = np.arange(240) % 3
+    activations = (centres[labels] + rng.normal(0, 0.5, (240, 512)))[:, None, None, :].astype("float32")
+    keras.utils.set_random_seed(0)
+    model = build_classifier(["a", "b", "c"], 32, "none", "torch", dense_units=32, head_l2=head_l2)
+    top = trainable_top(model, cut_layer_name(model, 0))
+    train = tf.data.Dataset.from_tensor_slices((activations[:180], labels[:180], np.ones(180, "float32")))
+    validation = tf.data.Dataset.from_tensor_slices((activations[180:], labels[180:]))
+    train_top(top, (train.batch(30).repeat(), 6), (validation.batch(60).repeat(), 1), epochs=30, patience=30,
+              lr=1e-3, progress=False)
+    return keras.ops.convert_to_numpy(top(activations[180:], training=False))
+
+
+def test_the_head_l2_penalty_reaches_training_and_keeps_the_logits_from_growing():
+    unpenalised, penalised = _trained_top_logits(0.0), _trained_top_logits(1e-2)
+    assert (penalised.argmax(axis=1) == unpenalised.argmax(axis=1)).all()  # the same answers, told less loudly
+    spread = lambda logits: float(np.mean(logits.max(axis=1) - np.median(logits, axis=1)))
+    assert spread(penalised) < 0.8 * spread(unpenalised)
+
+
+def test_fit_trains_the_head_with_the_l2_penalty_and_records_it(fitted_run):
+    from tlearn.model import cut_layer_name, trainable_top
+    from tlearn.settings import FitSettings, FinetuneSettings
+
+    assert FitSettings().head_l2 > 0
+    recorded = json.loads((fitted_run / "tlearn.json").read_text())
+    assert recorded["head_l2"] == FitSettings().head_l2 == Run.open(fitted_run).spec.head_l2
+    model = load_classifier(fitted_run / "model.keras")
+    for name in ("head_dense", "logits"):
+        assert model.get_layer(name).kernel_regularizer.get_config() == {"l2": pytest.approx(FitSettings().head_l2)}
+    # The penalty lives in the layers: finetune's top, which includes the head, trains with it too.
+    assert len(trainable_top(model, cut_layer_name(model, FinetuneSettings().unfreeze)).losses) == 2
+
+
+def test_a_run_recorded_before_head_l2_rebuilds_without_the_penalty(fitted_run):
+    from tlearn.metadata import RunMetadata
+
+    recorded = json.loads((fitted_run / "tlearn.json").read_text())
+    del recorded["head_l2"]
+    spec = RunMetadata.from_json(recorded).model
+    assert spec.head_l2 == 0.0
+    assert spec.build().get_layer("logits").kernel_regularizer is None
+
+
+def test_a_negative_head_l2_is_refused(tmp_path):
+    result = run_cli("fit", tmp_path, "--head-l2", "-0.1", "--weights", "none")
+    assert result.exit_code == 2 and "Error: --head-l2 must be 0 or more, got -0.1" in result.output

@@ -318,7 +318,7 @@ def _settings_section(metadata: RunMetadata) -> _Section:
     model = metadata.model
     general = {
         "tlearn": metadata.tlearn_version or "unknown", "weights": model.weights, "preprocess": model.preprocess,
-        "image size": model.image_size, "head": f"{model.dense_units} units, dropout {model.dropout}",
+        "image size": model.image_size, "head": f"{model.dense_units} units, dropout {model.dropout}, L2 {model.head_l2:g}",
         "views per image": metadata.views, "augment": metadata.augment,
         "split": f"seed {metadata.split.seed}, validation {metadata.split.val_split}, test {metadata.split.test_split}; "
                  + ", ".join(f"{name} {size}" for name, size in metadata.split.sizes.items()),

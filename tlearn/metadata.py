@@ -25,13 +25,14 @@ class ModelSpec:
     preprocess: str
     dense_units: int
     dropout: float
+    head_l2: float = 0.0  # runs made before the setting trained their head without it
 
     def build(self, weights: str = "none") -> keras.Model:
         """The architecture under the current dtype policy; random weights unless `weights` says."""
         from .model import build_classifier
 
         return build_classifier(
-            self.class_names, self.image_size, weights, self.preprocess, self.dense_units, self.dropout
+            self.class_names, self.image_size, weights, self.preprocess, self.dense_units, self.dropout, self.head_l2
         )
 
 

@@ -123,9 +123,13 @@ def build_classifier(
     preprocess: str,
     dense_units: int = 256,
     dropout: float = 0.5,
+    head_l2: float = 0.0,
 ) -> keras.Model:
     """pixels -> resize -> preprocess -> frozen VGG16 -> pooling -> Dense/ReLU/Dropout -> logits
-    -> softmax(logits / temperature), the output layer named `probabilities`."""
+    -> softmax(logits / temperature), the output layer named `probabilities`.
+
+    `head_l2` penalises the squares of the head's kernels in the training loss (see
+    FitSettings.head_l2); the penalty is part of the layers, so finetune trains with it too."""
     base = build_base(weights, image_size)
     base.trainable = False
     pixels = keras.Input((None, None, 3), name="pixels")
@@ -135,10 +139,11 @@ def build_classifier(
     x = ImagePreprocessing(preprocess, name="preprocess")(x)
     x = base(x, training=False)  # keeps any normalisation layers in inference mode
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    penalty = keras.regularizers.L2(head_l2) if head_l2 else None
+    x = layers.Dense(dense_units, activation="relu", kernel_regularizer=penalty, name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     # float32 even under mixed precision, so neither logits nor probabilities are float16
-    logits = layers.Dense(len(class_names), dtype="float32", name="logits")(x)
+    logits = layers.Dense(len(class_names), dtype="float32", kernel_regularizer=penalty, name="logits")(x)
     probabilities = TemperatureSoftmax(name=PROBABILITIES)(logits)
     return keras.Model(pixels, probabilities, name="tlearn_classifier")
 

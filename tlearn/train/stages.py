@@ -94,7 +94,8 @@ def fit(
     finetune_cache: bool = FIT.finetune_cache, near_threshold: int = FIT.near_threshold,
     keep_cross_class_duplicates: bool = FIT.keep_cross_class_duplicates,
     min_images_per_class: int = FIT.min_images_per_class, dense_units: int = FIT.dense_units,
-    dropout: float = FIT.dropout, mixed_precision: str = FIT.mixed_precision, strategy: str = FIT.strategy,
+    dropout: float = FIT.dropout, head_l2: float = FIT.head_l2, mixed_precision: str = FIT.mixed_precision,
+    strategy: str = FIT.strategy,
 ) -> RunResult:
     """Train a classifier on `data_dir` (one sub-folder per class, or pre-split into train/,
     val/, test/ folders of class sub-folders) and write a new run.
@@ -120,7 +121,7 @@ def fit(
     keras.utils.set_random_seed(settings.seed)
     spec = ModelSpec(
         scanned.class_names, settings.image_size, settings.weights, weights_identity(settings.weights, settings.seed),
-        settings.preprocess, settings.dense_units, settings.dropout,
+        settings.preprocess, settings.dense_units, settings.dropout, settings.head_l2,
     )
     with distribution.scope():  # variables must be created under the strategy that trains them
         model = spec.build(settings.weights)
