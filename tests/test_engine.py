@@ -105,3 +105,17 @@ def test_the_quantised_model_is_built_once_and_reused(small_set, tmp_path):
     built = path.stat().st_mtime_ns
     again, same_key = quantised_frozen_part(model, spec, ["block3_pool"], sample, tmp_path / "cache")
     assert (again, same_key) == (path, key) and again.stat().st_mtime_ns == built
+
+
+def test_auto_keeps_float32_when_the_check_fails_and_records_why(small_set, tmp_path, monkeypatch):
+    import tlearn
+    import tlearn.train.engine
+
+    monkeypatch.setattr(tlearn.train.engine, "MIN_MEAN_COSINE", 1.5)  # no graph reaches it: the check fails
+    result = tlearn.fit(small_set, out=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+                        weights="none", image_size=32, epochs=2, batch_size=8, finetune_cache=False, engine="auto")
+    settings = _stage_settings(tmp_path / "run")
+    assert settings["engine"] == "float32" and settings["engine_check"]["passed"] is False
+    notes = [line for line in result.warnings if line.startswith("engine float32: int8 features' cosine")]
+    assert len(notes) == 1 and "under 1.5" in notes[0]
+    assert all("engine" not in config for config in _cache_configs(tmp_path / "cache"))  # float32's activations
