@@ -104,16 +104,9 @@ def fixed_size_graph(run: Run):
 
 def _calibration_pixels(run: Run, train_records, count: int) -> np.ndarray:
     """Up to `count` training images, stratified by class, in an order seeded by the run's seed."""
-    rng = np.random.default_rng(run.metadata.split.seed)
-    by_class: dict[str, list] = {}
-    for record in sorted(train_records, key=lambda r: str(r.path)):
-        by_class.setdefault(record.label, []).append(record)
-    queues = [list(rng.permutation(len(records))) for records in by_class.values()]
-    chosen = []
-    while len(chosen) < count and any(queues):  # round robin: classes alike, the large ones longer
-        for records, queue in zip(by_class.values(), queues):
-            if queue and len(chosen) < count:
-                chosen.append(records[queue.pop(0)].path)
+    from .train.engine import representative_records  # the int8 engine's sample is picked alike
+
+    chosen = [record.path for record in representative_records(train_records, run.metadata.split.seed, count)]
     pixels = [item for batch in load_batches(chosen, run.spec.image_size, _BATCH) for item in batch
               if not isinstance(item, UnreadableImage)]
     if not pixels:

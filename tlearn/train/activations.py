@@ -135,15 +135,18 @@ class ActivationCache:
 
 
 def activation_cache(
-    spec: ModelSpec, cut: str, policy: str, augment: str, seed: int, cache_dir: str | Path | None = None
+    spec: ModelSpec, cut: str, policy: str, augment: str, seed: int, cache_dir: str | Path | None = None,
+    engine_key: dict | None = None,
 ) -> ActivationCache:
     """The cache of a model's activations at `cut` under a dtype `policy`, in `cache_dir`
     (default $TLEARN_CACHE_DIR or ~/.cache/tlearn). Augmented views are named by the run's
-    augmentation and seed, so fit and finetune share them."""
+    augmentation and seed, so fit and finetune share them. `engine_key`: the int8 engine's
+    (train/engine.py), whose activations differ from float32's; float32 adds nothing, so its
+    keys stay those of every earlier cache."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     cache = ActivationCache.for_config(
         root, weights=spec.weights_identity, preprocess=spec.preprocess, image_size=spec.image_size, cut=cut,
-        policy=policy, pixels=PIXELS_VERSION,
+        policy=policy, pixels=PIXELS_VERSION, **(engine_key or {}),
     )
     return cache.with_augment_key(f"{augment}-seed{seed}")
 

@@ -42,6 +42,7 @@ from ..metadata import ModelSpec, RunMetadata, SplitRecord, StageRecord
 from ..run import Run, RunFiles, RunWriter, check_out_is_free
 from ..settings import DEFAULT_MODELS_DIR, FinetuneSettings, FitSettings, TrainingSettings, settings_from
 from .activations import ActivationCache, activation_cache, compute_activations, run_activation_cache
+from .engine import choose_engine
 from .batches import ActivationBatches, predict_cached, reading
 from .loop import balanced_class_weights, train_top
 
@@ -95,7 +96,7 @@ def fit(
     keep_cross_class_duplicates: bool = FIT.keep_cross_class_duplicates,
     min_images_per_class: int = FIT.min_images_per_class, dense_units: int = FIT.dense_units,
     dropout: float = FIT.dropout, head_l2: float = FIT.head_l2, mixed_precision: str = FIT.mixed_precision,
-    strategy: str = FIT.strategy,
+    strategy: str = FIT.strategy, engine: str = FIT.engine,
 ) -> RunResult:
     """Train a classifier on `data_dir` (one sub-folder per class, or pre-split into train/,
     val/, test/ folders of class sub-folders) and write a new run.
@@ -125,14 +126,19 @@ def fit(
     )
     with distribution.scope():  # variables must be created under the strategy that trains them
         model = spec.build(settings.weights)
-    caches = fit_caches(model, spec, settings, policy, cache_dir)
+    engine = choose_engine(settings.engine, model, spec, fit_cuts(model, settings), subsets, settings.seed, cache_dir,
+                           distribution.replicas == 1 and distribution.workers == 1)
+    if engine.note:
+        warnings.append(engine.note)
+    caches = fit_caches(model, spec, settings, policy, cache_dir, engine.cache_key)
     augmenter = build_augmenter(settings.augment, settings.seed) if settings.views > 1 or settings.preview_augment else None
-    outcome = _train_stage(model, caches, subsets, spec.class_names, distribution, settings, augmenter, settings.seed, progress)
+    outcome = _train_stage(model, caches, subsets, spec.class_names, distribution, settings, augmenter, settings.seed,
+                           progress, engine.extractor)
     # From the activations just cached, read back, not recomputed: seconds, beside minutes of embedding.
     split_images = [record for name in SUBSETS for record in outcome.subsets[name]]
     label_issues = suspected_label_errors(split_images, next(iter(caches.values())), spec.class_names,
                                           seed=settings.seed, gather=distribution.gather)
-    stage = _stage_record("fit", settings, next(iter(caches)), outcome, started, policy, distribution)
+    stage = _stage_record("fit", settings, next(iter(caches)), outcome, started, policy, distribution, engine.record())
     run_dir = _publish_fit(out, models_dir, scanned, spec, settings, model, outcome, stage, augmenter, label_issues,
                            publish=distribution.is_chief)
     return RunResult(run_dir, "fit", outcome.metrics["accuracy"], outcome.metrics, outcome.sizes,
@@ -212,8 +218,8 @@ def _publish_fit(out, models_dir, scanned: ScannedFolder, spec: ModelSpec, setti
         return writer.publish_new(out, models_dir, scanned.root.resolve().name)
 
 
-def fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache_dir) -> dict[str, ActivationCache]:
-    """cut layer -> cache: fit's own cut first and, with `finetune_cache`, finetune's default cut.
+def fit_cuts(model, settings: FitSettings) -> list[str]:
+    """fit's own cut first and, with `finetune_cache`, finetune's default cut.
 
     finetune's cut lies on the way to fit's: storing its activations from the same pass spares
     finetune its own pass through blocks 1-4, VGG16's most expensive part.
@@ -221,22 +227,31 @@ def fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache
     cuts = [cut_layer_name(model, 0)]
     if settings.finetune_cache:
         cuts.append(cut_layer_name(model, FinetuneSettings.unfreeze))
-    return {cut: activation_cache(spec, cut, policy, settings.augment, settings.seed, cache_dir) for cut in cuts}
+    return cuts
+
+
+def fit_caches(model, spec: ModelSpec, settings: FitSettings, policy: str, cache_dir,
+               engine_key: dict | None = None) -> dict[str, ActivationCache]:
+    """cut layer -> cache, for fit_cuts; `engine_key` (the int8 engine's) keeps other engines' activations apart."""
+    return {cut: activation_cache(spec, cut, policy, settings.augment, settings.seed, cache_dir, engine_key)
+            for cut in fit_cuts(model, settings)}
 
 
 def _train_stage(
     model: keras.Model, caches: dict[str, ActivationCache], subsets: dict[str, list[ImageRecord]],
     class_names: list[str], distribution: Distribution, settings: TrainingSettings, augmenter, seed: int,
-    progress: bool,
+    progress: bool, extractor=None,
 ) -> _StageOutcome:
     """Cache activations for the split images, then train everything above the first cut.
 
     `caches` maps cut layers to caches; the first is the cut trained above, the others are
-    filled in the same pass for a later stage that cuts lower.
+    filled in the same pass for a later stage that cuts lower. `extractor`: the frozen part's
+    engine (engine.py's int8 one); None = Keras's, in float32.
     """
     cut, cache = next(iter(caches.items()))
     with distribution.scope():
-        extractor = distribution.prepare_extractor(feature_extractor(model, list(caches)))
+        if extractor is None:
+            extractor = distribution.prepare_extractor(feature_extractor(model, list(caches)))
         subsets, skipped = _embed_split(extractor, list(caches.values()), subsets, settings, augmenter, progress,
                                         distribution)
     top = distribution.prepare_trainable(lambda: trainable_top(model, cut))
@@ -302,9 +317,9 @@ def _embed_split(extractor, caches, subsets, settings: TrainingSettings, augment
 
 
 def _stage_record(name: str, settings: TrainingSettings, cut: str, outcome: _StageOutcome, started: float,
-                  policy: str, distribution: Distribution) -> StageRecord:
+                  policy: str, distribution: Distribution, engine: dict | None = None) -> StageRecord:
     return StageRecord(
-        name=name, settings={**settings.record(), "cut_layer": cut}, precision_policy=policy,
+        name=name, settings={**settings.record(), "cut_layer": cut, **(engine or {})}, precision_policy=policy,
         distribution=distribution.record(), epochs_run=len(outcome.history["loss"]), best_epoch=outcome.best_epoch,
         history=outcome.history, test_accuracy=outcome.metrics["accuracy"],
         test_macro_f1=outcome.metrics["macro_avg"]["f1-score"], wall_seconds=round(time.monotonic() - started, 1),
