@@ -122,13 +122,13 @@ class FitSettings(TrainingSettings):
                                       "duplicates; -1 = exact duplicates only.")
     keep_cross_class_duplicates: bool = setting(
         False, "Keep images whose exact copy is filed under another class (left out by default).")
-    # 3 = one image each for training, validation and test: a class with fewer has no test
-    # score (its F1 reads 0) and no say in early stopping, yet fit would report success.
     # float32 until auto's fallbacks are measured beyond one data set: int8 builds and quantises
     # an ONNX graph first (a minute at 224 px), which pays only on sets of some hundred images.
     engine: str = setting("float32", "Engine of the frozen part: int8 = a statically quantised ONNX Runtime graph "
                                      "(~4x faster on a CPU, checked against float32 on validation images); auto = "
                                      "int8 when ONNX Runtime is installed and the check passes.", choices=ENGINES)
+    # 3 = one image each for training, validation and test: a class with fewer has no test
+    # score (its F1 reads 0) and no say in early stopping, yet fit would report success.
     min_images_per_class: int = setting(
         3, "Refuse to train when a class has fewer usable images (3 = one each for training, validation "
            "and test); lower it to train anyway.")
