@@ -344,8 +344,8 @@ def bench_workers(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="tlearn-workers-") as scratch:
         one = _timed_fits(folder, Path(scratch) / "one", options + ["--strategy", "none"], workers=1)
         two = _timed_fits(folder, Path(scratch) / "two", options + ["--strategy", "multi-worker"], workers=2)
-    return [Row("workers", "folder", f"{args.worker_images:,} JPEGs", f"48 px, fit at {args.predict_size} px, "
-                                                                     f"random weights, 2 epochs; {os.cpu_count()} cores"),
+    note = f"48 px, fit at {args.predict_size} px, random weights, 2 epochs; {os.cpu_count()} cores"
+    return [Row("workers", "folder", f"{args.worker_images:,} JPEGs", note),
             Row("workers", "one process", f"{one:.1f} s", "`--strategy none`"),
             Row("workers", "two loopback workers", f"{two:.1f} s", "`--strategy multi-worker`, TF_CONFIG with two "
                                                                    "localhost ports, each its own cache")]
