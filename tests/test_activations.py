@@ -103,13 +103,18 @@ def test_one_pass_fills_each_cache_only_where_it_lacks_the_entry(model, folder, 
     stored = [cache.entries() for cache in (top, below)]
     extractor = feature_extractor(model, BOTH_CUTS)
     embedded = []
-    embed = extractor.predict_on_batch
+    real_step = activations.embedding_step
 
-    def counting_embed(pixels):
-        embedded.append(len(pixels))
-        return embed(pixels)
+    def counting_step(extractor):
+        step = real_step(extractor)
 
-    extractor.predict_on_batch = counting_embed
+        def counted(pixels):
+            embedded.append(len(pixels))
+            return step(pixels)
+
+        return counted
+
+    monkeypatch.setattr(activations, "embedding_step", counting_step)
 
     bars = []
 
@@ -127,6 +132,24 @@ def test_one_pass_fills_each_cache_only_where_it_lacks_the_entry(model, folder, 
 
     compute_activations(extractor, records, [ActivationCache(top.folder), ActivationCache(below.folder)], progress=False)
     assert sum(embedded) == 5  # both complete, as the next command sees them: nothing to embed
+
+
+def test_one_trace_embeds_batches_of_every_size_across_calls(model, folder, tmp_path):
+    """As fit embeds: train (batches of 4 and 1), then validation+test (a batch of 3)."""
+    caches = [ActivationCache.for_config(tmp_path / "cache", cut=cut, **IDENTITY) for cut in BOTH_CUTS]
+    extractor = feature_extractor(model, BOTH_CUTS)
+    traces = []
+    call = extractor.call
+
+    def counting_call(*args, **kwargs):  # runs once per trace of a graph, never again when the graph runs
+        traces.append(1)
+        return call(*args, **kwargs)
+
+    extractor.call = counting_call
+    compute_activations(extractor, folder.records[:5], caches, batch_size=4, progress=False)
+    compute_activations(extractor, folder.records[5:8], caches, batch_size=4, progress=False)
+    assert all(cache.has(r.sha256, 0) for cache in caches for r in folder.records[:8])
+    assert len(traces) == 1
 
 
 def test_caches_must_match_the_extractors_outputs(model, folder, tmp_path):

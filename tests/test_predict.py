@@ -173,3 +173,39 @@ def test_tensorflow_start_up_noise_stays_out_of_the_output(fitted_run, dataset_d
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no oneDNN, CUDA or absl lines, and no progress bar off a terminal
     assert done.stdout.splitlines()[1].split()[1] == "rain"
+
+
+@pytest.mark.parametrize("output_format", ["csv", "json"])
+def test_a_killed_predict_keeps_the_rows_it_wrote(fitted_run, dataset_dir, tmp_path, output_format):
+    """A real `tlearn predict` killed (SIGKILL) midway: every row it wrote is on disk, whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    images = sorted((dataset_dir / "cloudy").glob("*.jpg")) * 40  # listed as given, repeats included
+    output = tmp_path / f"predictions.{output_format}"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tlearn", "predict", *map(str, images), "--model", str(fitted_run),
+             "--batch-size", "1", "--format", output_format],
+            stdout=sink, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        deadline = time.monotonic() + 240
+        folder = str(dataset_dir / "cloudy").encode()
+        while output.read_bytes().count(folder) < 5 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL  # killed midway, not finished
+    text = output.read_text()
+    if output_format == "csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:  # a JSON array without its closing bracket: each record written is whole
+        rows = json.loads(text + "\n]")
+    assert 5 <= len(rows) < len(images)
+    assert [row["path"] for row in rows] == [str(path) for path in images[: len(rows)]]
+    assert all(row["label"] == rows[0]["label"] for row in rows if row["path"] == rows[0]["path"])
