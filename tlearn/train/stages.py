@@ -42,8 +42,8 @@ from ..metadata import ModelSpec, RunMetadata, SplitRecord, StageRecord
 from ..run import Run, RunFiles, RunWriter, check_out_is_free
 from ..settings import DEFAULT_MODELS_DIR, FinetuneSettings, FitSettings, TrainingSettings, settings_from
 from .activations import ActivationCache, activation_cache, compute_activations, run_activation_cache
-from .engine import choose_engine
 from .batches import ActivationBatches, predict_cached, reading
+from .engine import choose_engine
 from .loop import balanced_class_weights, train_top
 
 FIT, FINETUNE = FitSettings, FinetuneSettings  # the defaults of the keywords below
