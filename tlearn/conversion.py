@@ -21,10 +21,11 @@ import numpy as np
 
 from . import __version__
 from .atomic import staging_folder
-from .data.images import RESIZE, UnreadableImage, load_batches
+from .data.images import RESIZE, load_readable
+from .data.split import representative_records
 from .errors import TlearnError
 from .run import Run
-from .runtimes import LITERT_SUFFIX, ONNX_METADATA_PREFIX, ONNX_SUFFIX, native_output_silenced, require
+from .runtimes import LITERT_SUFFIX, ONNX_METADATA_PREFIX, ONNX_MODULES, ONNX_SUFFIX, native_output_silenced, require
 from .settings import DEFAULT_MODELS_DIR, ExportSettings, settings_from
 from .verification import TestImages, read_verification, record_verification, verification_table, verify
 
@@ -84,7 +85,7 @@ def _require_converter(format: str) -> None:
     if format == "litert":
         require("ai_edge_litert.interpreter", "litert", "--format litert")
     else:
-        for module in ("tf2onnx", "onnx", "onnxruntime"):
+        for module in ONNX_MODULES:
             require(module, "onnx", "--format onnx")
 
 
@@ -104,15 +105,12 @@ def fixed_size_graph(run: Run):
 
 def _calibration_pixels(run: Run, train_records, count: int) -> np.ndarray:
     """Up to `count` training images, stratified by class, in an order seeded by the run's seed."""
-    from .train.engine import representative_records  # the int8 engine's sample is picked alike
-
-    chosen = [record.path for record in representative_records(train_records, run.metadata.split.seed, count)]
-    pixels = [item for batch in load_batches(chosen, run.spec.image_size, _BATCH) for item in batch
-              if not isinstance(item, UnreadableImage)]
-    if not pixels:
+    chosen = representative_records(train_records, run.metadata.split.seed, count)
+    pixels = load_readable([record.path for record in chosen], run.spec.image_size, _BATCH)
+    if not len(pixels):
         raise TlearnError(f"--quantize int8 needs training images to calibrate on, and none of {run.path}'s "
                           "could be read: pass the dataset's place with --data")
-    return np.stack(pixels)
+    return pixels
 
 
 def _convert_litert(graph, path: Path, quantize: str, calibration: np.ndarray | None, work: Path) -> None:
@@ -159,15 +157,33 @@ def _quantize_litert_int8(converter, calibration: np.ndarray) -> bytes:
     return debugger.get_nondebug_quantized_model()
 
 
-def _convert_onnx(graph, path: Path, quantize: str, calibration: np.ndarray | None, run: Run, work: Path) -> None:
-    import onnx
+def export_onnx_float32(graph, path: Path) -> None:
+    """`graph` (fixed-size RGB pixels in) as a float32 ONNX file through Keras and tf2onnx,
+    with its input named EXPORT_INPUT."""
     import tensorflow as tf
 
     size = graph.input.shape[1]
-    float32 = work / "float32.onnx"
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    graph.export(str(float32), format="onnx", verbose=False,
+    graph.export(str(path), format="onnx", verbose=False,
                  input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=EXPORT_INPUT)])
+
+
+class CalibrationReader:
+    """ONNX Runtime's calibration data reader over pixels, in batches: its MinMax ranges are the
+    same whatever the batching, and batches keep the float32 calibration pass's cores busy."""
+
+    def __init__(self, pixels: np.ndarray, batch_size: int = _BATCH):
+        self.batches = iter([{EXPORT_INPUT: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def _convert_onnx(graph, path: Path, quantize: str, calibration: np.ndarray | None, run: Run, work: Path) -> None:
+    import onnx
+
+    float32 = work / "float32.onnx"
+    export_onnx_float32(graph, float32)
     if quantize == "none":
         model = onnx.load(str(float32))
     elif quantize == "float16":
@@ -189,16 +205,8 @@ def _quantize_onnx(float32: Path, quantize: str, calibration: np.ndarray | None,
     if quantize == "dynamic":
         quantization.quantize_dynamic(str(prepared), str(quantized), weight_type=quantization.QuantType.QInt8)
         return quantized
-
-    class Calibration(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{EXPORT_INPUT: pixels[None]} for pixels in calibration])
-
-        def get_next(self):
-            return next(self.batches, None)
-
     quantization.quantize_static(
-        str(prepared), str(quantized), Calibration(), quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+        str(prepared), str(quantized), CalibrationReader(calibration), quant_format=quantization.QuantFormat.QDQ, per_channel=True,
         activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8)
     return quantized
 

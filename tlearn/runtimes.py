@@ -26,6 +26,8 @@ from .run import Run, RunFiles
 from .settings import DEFAULT_MODELS_DIR
 
 LITERT_SUFFIX, ONNX_SUFFIX = ".tflite", ".onnx"
+# What converting to ONNX and running it take: the "onnx" extra.
+ONNX_MODULES = ("onnxruntime", "tf2onnx", "onnx")
 ONNX_METADATA_PREFIX = "tlearn."  # metadata_props keys tlearn writes into its .onnx files
 _RUN_SEARCH_DEPTH = 3  # RUN/export/model.tflite, RUN/saved_model, RUN/stages/fit/saved_model
 

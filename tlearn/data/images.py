@@ -134,6 +134,14 @@ def load_batches(
             yield loaded
 
 
+def load_readable(paths: Sequence[Path], size: int, batch_size: int = 16) -> np.ndarray:
+    """`load_rgb` of the `paths` that can be used, stacked: float32 [N, size, size, 3], N = 0
+    when none can."""
+    pixels = [item for batch in load_batches(list(paths), size, batch_size) for item in batch
+              if not isinstance(item, UnreadableImage)]
+    return np.stack(pixels).astype(np.float32) if pixels else np.zeros((0, size, size, 3), np.float32)
+
+
 def _load_or_reason(path: Path, size: int) -> np.ndarray | UnreadableImage:
     try:
         return load_rgb(path, size)

@@ -7,6 +7,8 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import TlearnError
 from .dataset import ImageRecord, SkippedFile
 
@@ -69,6 +71,22 @@ def _subset_of_each(groups: list[list[ImageRecord]], fractions: dict[str, float]
                 counts[name] += len(group)
                 break
         chosen.append(subset)
+    return chosen
+
+
+def representative_records(records: list[ImageRecord], seed: int, count: int) -> list[ImageRecord]:
+    """Up to `count` records, stratified by class (round robin, the large classes longer), in
+    an order seeded by `seed`: the calibration sample of int8 quantisation."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list] = {}
+    for record in sorted(records, key=lambda r: str(r.path)):
+        by_class.setdefault(record.label, []).append(record)
+    queues = [list(rng.permutation(len(members))) for members in by_class.values()]
+    chosen = []
+    while len(chosen) < count and any(queues):
+        for members, queue in zip(by_class.values(), queues):
+            if queue and len(chosen) < count:
+                chosen.append(members[queue.pop(0)])
     return chosen
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,15 @@ import numpy as np
 
 from ..atomic import staging_folder, write_text_atomically
 from ..data.dataset import ImageRecord
-from ..data.images import UnreadableImage, load_batches
+from ..data.images import load_readable
+from ..data.split import representative_records
 from ..errors import TlearnError
 from ..metadata import ModelSpec
 from ..model import feature_extractor
+from ..runtimes import ONNX_MODULES
 from ..settings import default_cache_root
 
 ENGINE_FORMAT = 1  # part of the quantised model's key: a change of recipe never reuses an old file
-INPUT_NAME = "pixels"
 # The issue's measurement: 64 images gave cosine 0.9992 to float32 on the weather set; more
 # adds calibration time (each one float32 pass) for little.
 CALIBRATION_IMAGES = 64
@@ -38,7 +38,6 @@ CHECK_IMAGES = 32  # validation images embedded by both engines: a float32 pass 
 # The weather set's mean was 0.9992 (minimum 0.993), and a head fed int8 features changed 1
 # prediction in 1,121 there: a mean under 0.99 is a graph quantised far worse than that.
 MIN_MEAN_COSINE = 0.99
-_RUNTIME_MODULES = ("onnxruntime", "tf2onnx", "onnx")
 _MISSING_RUNTIME = '--engine int8 needs {module}, which is not installed: pip install "tlearn[onnx]"'
 
 
@@ -72,11 +71,12 @@ class OnnxExtractor:
         options.intra_op_num_threads = os.cpu_count() or 1
         self.path = path
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
         self.input_shape = (None, image_size, image_size, 3)
         self.outputs = [OutputShape((None, *shape)) for shape in output_shapes]
 
     def predict_on_batch(self, pixels: np.ndarray) -> np.ndarray | list[np.ndarray]:
-        outputs = self.session.run(None, {INPUT_NAME: np.asarray(pixels, dtype=np.float32)})
+        outputs = self.session.run(None, {self.input_name: np.asarray(pixels, dtype=np.float32)})
         return outputs[0] if len(outputs) == 1 else outputs
 
 
@@ -114,28 +114,12 @@ def choose_engine(requested: str, model, spec: ModelSpec, cuts: list[str], subse
 
 def _missing_runtime() -> str | None:
     """The first module the int8 engine needs that cannot be imported, or None."""
-    for module in _RUNTIME_MODULES:
+    for module in ONNX_MODULES:
         try:
             importlib.import_module(module)
         except ImportError:
             return module
     return None
-
-
-def representative_records(records: list[ImageRecord], seed: int, count: int) -> list[ImageRecord]:
-    """Up to `count` records, stratified by class (round robin, the large classes longer), in
-    an order seeded by `seed`: the calibration sample of int8 quantisation."""
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list] = {}
-    for record in sorted(records, key=lambda r: str(r.path)):
-        by_class.setdefault(record.label, []).append(record)
-    queues = [list(rng.permutation(len(members))) for members in by_class.values()]
-    chosen = []
-    while len(chosen) < count and any(queues):
-        for members, queue in zip(by_class.values(), queues):
-            if queue and len(chosen) < count:
-                chosen.append(members[queue.pop(0)])
-    return chosen
 
 
 def quantised_model_key(spec: ModelSpec, cuts: list[str], calibration: list[ImageRecord]) -> str:
@@ -166,11 +150,10 @@ def quantised_frozen_part(model, spec: ModelSpec, cuts: list[str], calibration: 
 
 
 def _calibration_pixels(records: list[ImageRecord], image_size: int) -> np.ndarray:
-    pixels = [item for batch in load_batches([r.path for r in records], image_size, 16) for item in batch
-              if not isinstance(item, UnreadableImage)]
-    if not pixels:
+    pixels = load_readable([r.path for r in records], image_size)
+    if not len(pixels):
         raise TlearnError("--engine int8 needs training images to calibrate on, and none could be read")
-    return np.stack(pixels).astype(np.float32)
+    return pixels
 
 
 def _build_quantised(extractor, calibration: np.ndarray, target: Path, work: Path) -> None:
@@ -179,43 +162,29 @@ def _build_quantised(extractor, calibration: np.ndarray, target: Path, work: Pat
     The preprocessing and the nodes giving the outputs stay float: quantised, the pooled
     outputs would be 8-bit values, and the preprocessing rounds the pixels (see conversion.py)."""
     import onnx
-    import tensorflow as tf
     from onnxruntime import quantization
 
+    from ..conversion import CalibrationReader, export_onnx_float32
     from ..runtimes import native_output_silenced
 
-    size = extractor.input_shape[1]
     float32, prepared = work / "float32.onnx", work / "prepared.onnx"
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     with native_output_silenced():
-        extractor.export(str(float32), format="onnx", verbose=False,
-                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_NAME)])
+        export_onnx_float32(extractor, float32)
         quantization.quant_pre_process(str(float32), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared)).graph
         outputs = {output.name for output in graph.output}
         excluded = [node.name for node in graph.node
                     if "preprocess" in node.name or outputs.intersection(node.output)]
         quantization.quantize_static(
-            str(prepared), str(target), _CalibrationReader(calibration),
+            str(prepared), str(target), CalibrationReader(calibration),
             quant_format=quantization.QuantFormat.QDQ, per_channel=True,
             activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
             nodes_to_exclude=excluded)
 
 
-class _CalibrationReader:
-    """ONNX Runtime's calibration data reader, in batches: its MinMax ranges are the same
-    whatever the batching, and batches keep the float32 calibration pass's cores busy."""
-
-    def __init__(self, pixels: np.ndarray, batch_size: int = 16):
-        self.batches = iter([{INPUT_NAME: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)])
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
 def check_engine(keras_extractor, extractor: OnnxExtractor, records: list[ImageRecord], image_size: int) -> dict:
     """Feature cosine of the int8 engine to float32 on `records` (the fit cut's output)."""
-    pixels = _calibration_pixels(records, image_size) if records else np.zeros((0, image_size, image_size, 3))
+    pixels = load_readable([r.path for r in records], image_size)
     if not len(pixels):
         return {"images": 0, "mean_cosine": 0.0, "min_cosine": 0.0}
     reference = _first(keras_extractor.predict_on_batch(pixels)).reshape(len(pixels), -1)
